@@ -1,0 +1,130 @@
+//! The in-memory key cache: the request path never asks the database which
+//! key a secret belongs to. Reloaded at once after a change in this process
+//! and every few seconds as a safety net.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use anyhow::Result;
+
+use crate::keys::spec::KeySpec;
+use crate::keys::{self, KeyHash};
+use crate::store::{KeyRow, Store};
+
+/// A key as the request path sees it.
+#[derive(Debug)]
+pub struct CachedKey {
+    pub row: KeyRow,
+    pub spec: KeySpec,
+    pub ip_nets: Vec<ipnet::IpNet>,
+}
+
+impl CachedKey {
+    pub fn from_row(row: KeyRow) -> CachedKey {
+        let spec: KeySpec = serde_json::from_str(&row.spec).unwrap_or_default();
+        let ip_nets = spec
+            .ip_allow
+            .iter()
+            .filter_map(|c| crate::config::parse_cidr(c).ok())
+            .collect();
+        CachedKey { row, spec, ip_nets }
+    }
+}
+
+struct Entry {
+    hash: KeyHash,
+    /// For a rotated-out secret: when it stops being accepted (epoch ms).
+    valid_until: Option<i64>,
+    key: Arc<CachedKey>,
+}
+
+#[derive(Default)]
+struct Maps {
+    keys: HashMap<KeyHash, Entry>,
+    admins: HashMap<KeyHash, String>,
+}
+
+#[derive(Default)]
+pub struct KeyCache {
+    maps: RwLock<Arc<Maps>>,
+}
+
+/// What a presented secret resolves to.
+pub enum Lookup {
+    Found(Arc<CachedKey>),
+    /// A rotated-out secret past its grace period.
+    Rotated(Arc<CachedKey>),
+    Unknown,
+}
+
+fn decode_hash(h: &str) -> Option<KeyHash> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(h, &mut out).ok()?;
+    Some(out)
+}
+
+impl KeyCache {
+    pub async fn reload(&self, store: &dyn Store) -> Result<()> {
+        let rows = store.all_keys().await?;
+        let admins = store.admin_keys().await?;
+        let mut maps = Maps::default();
+        for row in rows {
+            let current = decode_hash(&row.key_hash);
+            let old = row.old_key_hash.as_deref().and_then(decode_hash);
+            let old_until = row.old_key_expires_at;
+            let key = Arc::new(CachedKey::from_row(row));
+            if let Some(h) = current {
+                maps.keys.insert(h, Entry { hash: h, valid_until: None, key: key.clone() });
+            }
+            if let Some(h) = old {
+                maps.keys.insert(h, Entry { hash: h, valid_until: old_until, key });
+            }
+        }
+        for a in admins.into_iter().filter(|a| a.revoked_at.is_none()) {
+            if let Some(h) = decode_hash(&a.key_hash) {
+                maps.admins.insert(h, a.prefix);
+            }
+        }
+        if let Ok(mut guard) = self.maps.write() {
+            *guard = Arc::new(maps);
+        }
+        Ok(())
+    }
+
+    fn snapshot(&self) -> Arc<Maps> {
+        match self.maps.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    pub fn lookup(&self, secret: &str, now_ms: i64) -> Lookup {
+        let h = keys::hash(secret);
+        let maps = self.snapshot();
+        match maps.keys.get(&h) {
+            Some(e) if keys::hashes_equal(&e.hash, &h) => match e.valid_until {
+                Some(until) if until <= now_ms => Lookup::Rotated(e.key.clone()),
+                _ => Lookup::Found(e.key.clone()),
+            },
+            _ => Lookup::Unknown,
+        }
+    }
+
+    /// The display prefix of the admin key this secret is, if any.
+    pub fn admin(&self, secret: &str) -> Option<String> {
+        let h = keys::hash(secret);
+        let maps = self.snapshot();
+        maps.admins
+            .iter()
+            .find(|(k, _)| keys::hashes_equal(k, &h))
+            .map(|(_, p)| p.clone())
+    }
+
+    pub fn len(&self) -> usize {
+        self.snapshot().keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

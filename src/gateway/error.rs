@@ -1,0 +1,102 @@
+//! The data plane's one error type, mapped to the contract's status/type
+//! table in one place and rendered in each surface's own shape.
+
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+/// Which error body shape a surface speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    OpenAi,
+    Anthropic,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    /// The contract's stable type (`invalid_api_key`, `permission_denied`, …).
+    pub kind: &'static str,
+    pub message: String,
+    pub retry_after: Option<u64>,
+    /// The upstream's own error body (already scrubbed), for upstream errors.
+    pub upstream: Option<serde_json::Value>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            kind,
+            message: message.into(),
+            retry_after: None,
+            upstream: None,
+        }
+    }
+    pub fn invalid_key(message: impl Into<String>) -> ApiError {
+        Self::new(StatusCode::UNAUTHORIZED, "invalid_api_key", message)
+    }
+    pub fn denied(message: impl Into<String>) -> ApiError {
+        Self::new(StatusCode::FORBIDDEN, "permission_denied", message)
+    }
+    pub fn blocked(message: impl Into<String>) -> ApiError {
+        Self::new(StatusCode::BAD_REQUEST, "request_blocked", message)
+    }
+    pub fn invalid_request(message: impl Into<String>) -> ApiError {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", message)
+    }
+    pub fn too_large(limit: usize) -> ApiError {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request_too_large",
+            format!("request body is larger than the gateway's limit of {limit} bytes"),
+        )
+    }
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+    pub fn model_not_found(model: &str) -> ApiError {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "model_not_found",
+            format!("the model '{model}' does not exist or no configured provider serves it"),
+        )
+    }
+    pub fn upstream_error(message: impl Into<String>) -> ApiError {
+        Self::new(StatusCode::BAD_GATEWAY, "upstream_error", message)
+    }
+    pub fn upstream_timeout(message: impl Into<String>) -> ApiError {
+        Self::new(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", message)
+    }
+    pub fn internal(message: impl Into<String>) -> ApiError {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message)
+    }
+
+    pub fn body(&self, shape: Shape) -> serde_json::Value {
+        let mut v = match shape {
+            Shape::OpenAi => json!({
+                "error": {"message": self.message, "type": self.kind, "param": null, "code": self.kind}
+            }),
+            Shape::Anthropic => json!({
+                "type": "error",
+                "error": {"type": self.kind, "message": self.message}
+            }),
+        };
+        if let Some(up) = &self.upstream
+            && let Some(e) = v.get_mut("error").and_then(|e| e.as_object_mut())
+        {
+            e.insert("upstream".into(), up.clone());
+        }
+        v
+    }
+
+    pub fn render(&self, shape: Shape) -> Response {
+        let mut resp = (self.status, axum::Json(self.body(shape))).into_response();
+        if let Some(s) = self.retry_after
+            && let Ok(v) = HeaderValue::from_str(&s.to_string())
+        {
+            resp.headers_mut().insert("retry-after", v);
+        }
+        resp
+    }
+}

@@ -1,0 +1,173 @@
+//! The data plane: surfaces → authenticate → authorize → forward → meter.
+
+pub mod cache;
+pub mod error;
+pub mod meter;
+pub mod proxy;
+pub mod surface;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use axum::Router;
+use axum::routing::get;
+
+use crate::audit::Audit;
+use crate::config::Config;
+use crate::providers::Registry;
+use crate::store::{AdminKeyRow, Store};
+use crate::usage::{UsageSink, prices::Prices};
+use crate::{keys, util};
+
+/// Everything a request needs, shared by all handlers.
+pub struct App {
+    pub config: Config,
+    pub store: Arc<dyn Store>,
+    pub keys: cache::KeyCache,
+    pub registry: Registry,
+    pub prices: Prices,
+    pub usage: UsageSink,
+    pub audit: Audit,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+}
+
+impl App {
+    pub async fn new(config: Config) -> Result<Arc<App>> {
+        let store = crate::store::open(&config.database).await?;
+        let registry = Registry::new(&config)?;
+        let prices = Prices::new(&config);
+        let usage = crate::usage::start_writer(store.clone(), config.usage.queue_capacity);
+        let audit = Audit::start(store.clone());
+        let trusted_proxies = config
+            .trusted_proxies
+            .iter()
+            .filter_map(|c| crate::config::parse_cidr(c).ok())
+            .collect();
+        let app = Arc::new(App {
+            config,
+            store,
+            keys: cache::KeyCache::default(),
+            registry,
+            prices,
+            usage,
+            audit,
+            trusted_proxies,
+        });
+        app.reload_keys().await?;
+        Ok(app)
+    }
+
+    pub async fn reload_keys(&self) -> Result<()> {
+        self.keys.reload(self.store.as_ref()).await
+    }
+
+    /// First start: make `BURSAR_ADMIN_KEY` the first admin credential, or
+    /// generate one and print it once. Answers the generated key, if any.
+    pub async fn bootstrap_admin(&self) -> Result<Option<String>> {
+        if !self.store.admin_keys().await?.is_empty() {
+            return Ok(None);
+        }
+        let (secret, generated) = match std::env::var("BURSAR_ADMIN_KEY") {
+            Ok(k) if !k.is_empty() => {
+                if k.len() < 16 {
+                    anyhow::bail!("BURSAR_ADMIN_KEY: must be at least 16 characters");
+                }
+                (k, false)
+            }
+            _ => (keys::generate(keys::ADMIN_PREFIX), true),
+        };
+        let row = AdminKeyRow {
+            id: util::new_id("adm"),
+            name: "bootstrap".into(),
+            prefix: keys::display_prefix(&secret),
+            key_hash: keys::hash_hex(&secret),
+            created_at: util::now_ms(),
+            revoked_at: None,
+        };
+        self.store.insert_admin_key(&row).await?;
+        self.audit
+            .record("system", "admin_key.bootstrap", Some(&row.id), None, serde_json::json!({"prefix": row.prefix, "generated": generated}))
+            .await?;
+        self.reload_keys().await?;
+        Ok(generated.then_some(secret))
+    }
+}
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .nest("/admin/v1", crate::admin::router())
+        .route("/bursar/v1/whoami", get(proxy::whoami))
+        .fallback(proxy::handle)
+        .layer(axum::extract::DefaultBodyLimit::disable())
+        .with_state(app)
+}
+
+async fn readyz(axum::extract::State(app): axum::extract::State<Arc<App>>) -> (axum::http::StatusCode, &'static str) {
+    match app.store.ping().await {
+        Ok(()) => (axum::http::StatusCode::OK, "ready"),
+        Err(_) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, "store unreachable"),
+    }
+}
+
+/// Run the gateway until SIGINT/SIGTERM; then finish in-flight requests and
+/// flush usage and audit queues.
+pub async fn serve(config: Config) -> Result<()> {
+    let listen: SocketAddr = config.listen.parse().context("listen")?;
+    let app = App::new(config).await?;
+    if let Some(secret) = app.bootstrap_admin().await? {
+        println!("bursar: generated the first admin key (shown once, only its hash is stored):\n\n    {secret}\n\nexport BURSAR_ADMIN_KEY={secret}");
+    }
+    tokio::task::spawn_blocking(crate::providers::tokens::warm);
+    let refresher = app.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tick.tick().await;
+            if let Err(e) = refresher.reload_keys().await {
+                tracing::warn!(error = %e, "key cache refresh failed; serving the cached keys");
+            }
+        }
+    });
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    tracing::info!(
+        %listen,
+        providers = ?app.registry.providers.keys().collect::<Vec<_>>(),
+        database = %crate::store::redact(&app.config.database),
+        "bursar is serving"
+    );
+    eprintln!("bursar: listening on http://{listen}");
+    axum::serve(listener, router(app.clone()).into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    tracing::info!("shutting down: flushing usage and audit");
+    app.usage.drain().await;
+    app.audit.drain().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,5 @@
+//! `bursar`: CLI entry only.
+
+fn main() {
+    std::process::exit(bursar::cli::main());
+}

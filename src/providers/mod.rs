@@ -1,0 +1,359 @@
+//! Providers: one shape per kind behind `Kind`, the registry of configured
+//! entries, model routing and the real-key scrubber.
+
+pub mod echo;
+pub mod sse;
+pub mod tokens;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use http::{HeaderName, HeaderValue};
+
+use crate::config::Config;
+
+/// The wire shape a provider speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    OpenAi,
+    Anthropic,
+}
+
+impl Kind {
+    pub fn parse(s: &str) -> Option<Kind> {
+        match s {
+            "openai" => Some(Kind::OpenAi),
+            "anthropic" => Some(Kind::Anthropic),
+            _ => None,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::OpenAi => "openai",
+            Kind::Anthropic => "anthropic",
+        }
+    }
+}
+
+/// One configured provider entry with its pooled client.
+pub struct Provider {
+    pub name: String,
+    pub kind: Kind,
+    pub base_url: String,
+    keys: Vec<String>,
+    next_key: AtomicUsize,
+    pub client: reqwest::Client,
+    pub extra_headers: Vec<(HeaderName, HeaderValue)>,
+    /// Longest wait for the upstream's response headers.
+    pub first_byte_timeout: Duration,
+}
+
+impl Provider {
+    /// `base_url` joined with `path` (no leading slash) and `query`; where the
+    /// base already ends in the path's first segment, it is not repeated.
+    pub fn url(&self, path: &str, query: Option<&str>) -> String {
+        join_url(&self.base_url, path, query)
+    }
+
+    /// The next real key, round robin; `None` for a keyless upstream.
+    pub fn next_key(&self) -> Option<&str> {
+        if self.keys.is_empty() {
+            return None;
+        }
+        let i = self.next_key.fetch_add(1, Ordering::Relaxed) % self.keys.len();
+        self.keys.get(i).map(String::as_str)
+    }
+
+    /// Set the provider's own credential on an upstream request.
+    pub fn authorize(&self, mut rb: reqwest::RequestBuilder, has_anthropic_version: bool) -> reqwest::RequestBuilder {
+        let key = self.next_key();
+        match self.kind {
+            Kind::OpenAi => {
+                if let Some(k) = key {
+                    rb = rb.bearer_auth(k);
+                }
+            }
+            Kind::Anthropic => {
+                if let Some(k) = key {
+                    rb = rb.header("x-api-key", k);
+                }
+                if !has_anthropic_version {
+                    rb = rb.header("anthropic-version", "2023-06-01");
+                }
+            }
+        }
+        for (n, v) in &self.extra_headers {
+            rb = rb.header(n, v);
+        }
+        rb
+    }
+}
+
+pub fn join_url(base: &str, path: &str, query: Option<&str>) -> String {
+    let base = base.trim_end_matches('/');
+    let path = path.trim_start_matches('/');
+    let first = path.split('/').next().unwrap_or("");
+    let path = if !first.is_empty() && base.rsplit('/').next() == Some(first) {
+        path[first.len()..].trim_start_matches('/')
+    } else {
+        path
+    };
+    let mut url = if path.is_empty() { base.to_string() } else { format!("{base}/{path}") };
+    if let Some(q) = query.filter(|q| !q.is_empty()) {
+        url.push('?');
+        url.push_str(q);
+    }
+    url
+}
+
+/// Where a model name on the OpenAI surface goes.
+#[derive(Clone)]
+pub enum Route {
+    Echo,
+    Upstream { provider: Arc<Provider>, upstream_model: String },
+}
+
+pub struct Registry {
+    pub providers: HashMap<String, Arc<Provider>>,
+    /// `[[models]]` aliases: name → (provider entry, upstream model).
+    aliases: HashMap<String, (String, String)>,
+    /// Every configured real key, for scrubbing.
+    pub scrubber: Scrubber,
+}
+
+impl Registry {
+    pub fn new(config: &Config) -> Result<Registry> {
+        let mut providers = HashMap::new();
+        let mut secrets = Vec::new();
+        for (name, p) in &config.providers {
+            let kind_name = p.kind.clone().unwrap_or_else(|| name.clone());
+            let kind = Kind::parse(&kind_name).with_context(|| format!("providers.{name}.kind"))?;
+            let base_url = config.base_url(name, p).with_context(|| format!("providers.{name}.base_url"))?;
+            let mut keys: Vec<String> = p.api_keys.iter().filter(|k| !k.is_empty()).cloned().collect();
+            if let Some(k) = p.api_key.as_ref().filter(|k| !k.is_empty()) {
+                keys.insert(0, k.clone());
+            }
+            if keys.is_empty() && config::builtin_provider_needs_key(&kind_name, p) {
+                tracing::warn!(provider = %name, "provider has no API key; upstream calls will be unauthenticated");
+            }
+            secrets.extend(keys.iter().cloned());
+            let client = reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(p.connect_timeout_seconds.unwrap_or(10)))
+                .read_timeout(Duration::from_secs(p.timeout_seconds.unwrap_or(600)))
+                .pool_idle_timeout(Duration::from_secs(90))
+                .pool_max_idle_per_host(256)
+                .tcp_nodelay(true)
+                .no_proxy()
+                .build()
+                .context("building the HTTP client")?;
+            let mut extra_headers = Vec::new();
+            for (hn, hv) in &p.headers {
+                let n = HeaderName::try_from(hn.as_str()).with_context(|| format!("providers.{name}.headers: bad header name '{hn}'"))?;
+                let v = HeaderValue::try_from(hv.as_str()).with_context(|| format!("providers.{name}.headers.{hn}: bad header value"))?;
+                secrets.push(hv.clone());
+                extra_headers.push((n, v));
+            }
+            providers.insert(
+                name.clone(),
+                Arc::new(Provider {
+                    name: name.clone(),
+                    kind,
+                    base_url,
+                    keys,
+                    next_key: AtomicUsize::new(0),
+                    client,
+                    extra_headers,
+                    first_byte_timeout: Duration::from_secs(p.timeout_seconds.unwrap_or(600)),
+                }),
+            );
+        }
+        let aliases = config
+            .models
+            .iter()
+            .map(|m| (m.name.clone(), (m.provider.clone(), m.model.clone().unwrap_or_else(|| m.name.clone()))))
+            .collect();
+        Ok(Registry {
+            providers,
+            aliases,
+            scrubber: Scrubber::new(secrets),
+        })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Arc<Provider>> {
+        self.providers.get(name)
+    }
+
+    /// The provider for requests that name no model (files, batches, …).
+    pub fn default_openai(&self) -> Option<&Arc<Provider>> {
+        self.providers.get("openai").filter(|p| p.kind == Kind::OpenAi).or_else(|| {
+            let mut it = self.providers.values().filter(|p| p.kind == Kind::OpenAi);
+            match (it.next(), it.next()) {
+                (Some(p), None) => Some(p),
+                _ => None,
+            }
+        })
+    }
+
+    fn first_of_kind(&self, kind: Kind, preferred: &str) -> Option<&Arc<Provider>> {
+        self.providers.get(preferred).filter(|p| p.kind == kind).or_else(|| {
+            let mut v: Vec<_> = self.providers.values().filter(|p| p.kind == kind).collect();
+            v.sort_by(|a, b| a.name.cmp(&b.name));
+            v.into_iter().next()
+        })
+    }
+
+    /// Route a model name asked for on the OpenAI surface.
+    pub fn route(&self, model: &str) -> Option<Route> {
+        if let Some((prov, upstream)) = self.aliases.get(model) {
+            if prov == "echo" {
+                return Some(Route::Echo);
+            }
+            return self.providers.get(prov).map(|p| Route::Upstream {
+                provider: p.clone(),
+                upstream_model: upstream.clone(),
+            });
+        }
+        if model == "echo" {
+            return Some(Route::Echo);
+        }
+        if let Some((prov, rest)) = model.split_once('/')
+            && let Some(p) = self.providers.get(prov)
+        {
+            return Some(Route::Upstream {
+                provider: p.clone(),
+                upstream_model: rest.to_string(),
+            });
+        }
+        let p = if model.starts_with("claude") {
+            self.first_of_kind(Kind::Anthropic, "anthropic")
+        } else {
+            self.default_openai()
+        }?;
+        Some(Route::Upstream {
+            provider: p.clone(),
+            upstream_model: model.to_string(),
+        })
+    }
+
+    /// Model names the OpenAI surface can list: `echo`, aliases and the
+    /// built-in price table's models of each configured kind.
+    pub fn known_models(&self) -> Vec<(String, String)> {
+        let mut out = vec![("echo".to_string(), "echo".to_string())];
+        for (name, (prov, _)) in &self.aliases {
+            if name != "echo" {
+                out.push((name.clone(), prov.clone()));
+            }
+        }
+        for p in self.providers.values() {
+            if p.name == "openai" || p.name == "anthropic" {
+                for m in crate::usage::prices::models_of_kind(p.kind) {
+                    out.push((m.to_string(), p.name.clone()));
+                }
+            }
+        }
+        out.sort();
+        out.dedup_by(|a, b| a.0 == b.0);
+        out
+    }
+}
+
+pub mod config {
+    use crate::config::ProviderConfig;
+    /// Whether a provider of this kind normally needs a key (only to warn).
+    pub fn builtin_provider_needs_key(kind: &str, p: &ProviderConfig) -> bool {
+        p.base_url.is_none() && crate::config::builtin_provider(kind).is_some()
+    }
+}
+
+/// Replaces every real provider key in text with `[REDACTED]`.
+pub struct Scrubber {
+    matcher: Option<aho_corasick::AhoCorasick>,
+    longest: usize,
+    secrets: Vec<String>,
+}
+
+pub const REDACTED: &str = "[REDACTED]";
+
+impl Scrubber {
+    pub fn new(mut secrets: Vec<String>) -> Scrubber {
+        secrets.retain(|s| s.len() >= 8);
+        secrets.sort();
+        secrets.dedup();
+        let longest = secrets.iter().map(String::len).max().unwrap_or(0);
+        let matcher = if secrets.is_empty() {
+            None
+        } else {
+            aho_corasick::AhoCorasick::builder()
+                .match_kind(aho_corasick::MatchKind::LeftmostLongest)
+                .build(&secrets)
+                .ok()
+        };
+        Scrubber { matcher, longest, secrets }
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.matcher.is_some()
+    }
+
+    /// Scrub a complete buffer.
+    pub fn scrub(&self, data: bytes::Bytes) -> bytes::Bytes {
+        match &self.matcher {
+            Some(m) if m.is_match(data.as_ref()) => {
+                let replaced = m.replace_all_bytes(&data, &vec![REDACTED.as_bytes(); self.secrets.len()]);
+                bytes::Bytes::from(replaced)
+            }
+            _ => data,
+        }
+    }
+
+    /// Scrub a string.
+    pub fn scrub_str(&self, s: &str) -> String {
+        match &self.matcher {
+            Some(m) => m.replace_all(s, &vec![REDACTED; self.secrets.len()]),
+            None => s.to_string(),
+        }
+    }
+
+    /// How many trailing bytes of `data` could be the start of a secret that
+    /// continues in the next chunk (they must be held back).
+    pub fn partial_tail(&self, data: &[u8]) -> usize {
+        if self.matcher.is_none() {
+            return 0;
+        }
+        let max = self.longest.saturating_sub(1).min(data.len());
+        for len in (1..=max).rev() {
+            let tail = &data[data.len() - len..];
+            if self.secrets.iter().any(|s| s.as_bytes().starts_with(tail)) {
+                return len;
+            }
+        }
+        0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn joins_urls_without_repeating_a_segment() {
+        assert_eq!(join_url("https://api.openai.com/v1", "v1/chat/completions", None), "https://api.openai.com/v1/chat/completions");
+        assert_eq!(join_url("https://api.anthropic.com", "v1/messages", Some("beta=true")), "https://api.anthropic.com/v1/messages?beta=true");
+        assert_eq!(join_url("http://h:1/v1/", "/v1/models", None), "http://h:1/v1/models");
+        assert_eq!(join_url("http://h:1/openai", "v1/models", None), "http://h:1/openai/v1/models");
+    }
+
+    #[test]
+    fn scrubs_secrets() {
+        let s = Scrubber::new(vec!["sk-secret-123456".into()]);
+        let out = s.scrub(bytes::Bytes::from_static(b"key sk-secret-123456 leaked"));
+        assert_eq!(&out[..], b"key [REDACTED] leaked");
+        assert_eq!(s.partial_tail(b"abc sk-sec"), 6);
+        assert_eq!(s.partial_tail(b"abc"), 0);
+        assert_eq!(s.scrub_str("Bearer sk-secret-123456"), "Bearer [REDACTED]");
+        assert!(!Scrubber::new(vec![]).is_active());
+    }
+}

@@ -1,0 +1,212 @@
+//! Incremental server-sent-events handling and usage extraction from every
+//! response shape (OpenAI chat/completions/embeddings/responses, Anthropic
+//! messages), plain or streamed.
+
+use bytes::{Bytes, BytesMut};
+use serde_json::Value;
+
+/// Token counts of one answer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt: u64,
+    pub completion: u64,
+}
+
+fn num(v: &Value, k: &str) -> u64 {
+    v.get(k).and_then(Value::as_u64).unwrap_or(0)
+}
+
+impl Usage {
+    /// Read a `usage` object of any known shape.
+    pub fn from_usage_object(u: &Value) -> Option<Usage> {
+        if !u.is_object() {
+            return None;
+        }
+        let prompt = if u.get("prompt_tokens").is_some() {
+            num(u, "prompt_tokens")
+        } else {
+            num(u, "input_tokens") + num(u, "cache_creation_input_tokens") + num(u, "cache_read_input_tokens")
+        };
+        let completion = if u.get("completion_tokens").is_some() {
+            num(u, "completion_tokens")
+        } else {
+            num(u, "output_tokens")
+        };
+        Some(Usage { prompt, completion })
+    }
+
+    /// Usage carried by a response body or a stream event, wherever it sits.
+    pub fn from_json(v: &Value) -> Option<Usage> {
+        for path in [&["usage"][..], &["message", "usage"], &["response", "usage"]] {
+            let mut cur = v;
+            let mut found = true;
+            for p in path {
+                match cur.get(p) {
+                    Some(x) => cur = x,
+                    None => {
+                        found = false;
+                        break;
+                    }
+                }
+            }
+            if found && let Some(u) = Usage::from_usage_object(cur) {
+                return Some(u);
+            }
+        }
+        // Anthropic count_tokens answers {"input_tokens": N}.
+        v.get("input_tokens").and_then(Value::as_u64).map(|p| Usage { prompt: p, completion: 0 })
+    }
+
+    /// Merge a later report: streamed counts are cumulative, so keep the larger.
+    pub fn merge(&mut self, other: Usage) {
+        self.prompt = self.prompt.max(other.prompt);
+        self.completion = self.completion.max(other.completion);
+    }
+}
+
+/// Splits a byte stream into complete SSE events (each with its blank line).
+#[derive(Default)]
+pub struct EventSplitter {
+    buf: BytesMut,
+}
+
+impl EventSplitter {
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<Bytes> {
+        self.buf.extend_from_slice(chunk);
+        let mut out = Vec::new();
+        loop {
+            let lf = memchr::memmem::find(&self.buf, b"\n\n").map(|i| i + 2);
+            let crlf = memchr::memmem::find(&self.buf, b"\r\n\r\n").map(|i| i + 4);
+            let end = match (lf, crlf) {
+                (Some(a), Some(b)) => a.min(b),
+                (a, b) => match a.or(b) {
+                    Some(x) => x,
+                    None => break,
+                },
+            };
+            out.push(self.buf.split_to(end).freeze());
+        }
+        out
+    }
+
+    /// Whatever is left when the stream ends (an unterminated last event).
+    pub fn rest(&mut self) -> Option<Bytes> {
+        if self.buf.is_empty() {
+            None
+        } else {
+            Some(self.buf.split().freeze())
+        }
+    }
+}
+
+/// The joined `data:` lines of one event.
+pub fn event_data(event: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(event).ok()?;
+    let mut data: Option<String> = None;
+    for line in text.lines() {
+        if let Some(d) = line.strip_prefix("data:") {
+            let d = d.strip_prefix(' ').unwrap_or(d);
+            match &mut data {
+                Some(s) => {
+                    s.push('\n');
+                    s.push_str(d);
+                }
+                None => data = Some(d.to_string()),
+            }
+        }
+    }
+    data
+}
+
+/// Reads usage out of a stream event by event; optionally drops the usage-only
+/// chunk that bursar asked an OpenAI upstream for on the client's behalf.
+pub struct SseTap {
+    splitter: EventSplitter,
+    pub usage: Usage,
+    pub saw_usage: bool,
+    hide_usage_chunk: bool,
+}
+
+impl SseTap {
+    pub fn new(hide_usage_chunk: bool) -> SseTap {
+        SseTap {
+            splitter: EventSplitter::default(),
+            usage: Usage::default(),
+            saw_usage: false,
+            hide_usage_chunk,
+        }
+    }
+
+    fn inspect(&mut self, event: &Bytes) -> bool {
+        if memchr::memmem::find(event, b"usage").is_none() && memchr::memmem::find(event, b"input_tokens").is_none() {
+            return true;
+        }
+        let Some(data) = event_data(event) else { return true };
+        let Ok(v) = serde_json::from_str::<Value>(&data) else { return true };
+        if let Some(u) = Usage::from_json(&v) {
+            self.usage.merge(u);
+            self.saw_usage = true;
+            if self.hide_usage_chunk && v.get("choices").and_then(Value::as_array).is_some_and(|c| c.is_empty()) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Feed a chunk; answers the bytes to forward now (complete events only).
+    pub fn push(&mut self, chunk: &[u8]) -> Bytes {
+        let events = self.splitter.push(chunk);
+        let mut out = BytesMut::new();
+        for e in events {
+            if self.inspect(&e) {
+                out.extend_from_slice(&e);
+            }
+        }
+        out.freeze()
+    }
+
+    /// Flush the unterminated tail at the end of the stream.
+    pub fn finish(&mut self) -> Bytes {
+        match self.splitter.rest() {
+            Some(e) if self.inspect(&e) => e,
+            _ => Bytes::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_every_usage_shape() {
+        let openai = serde_json::json!({"usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}});
+        assert_eq!(Usage::from_json(&openai), Some(Usage { prompt: 5, completion: 7 }));
+        let anth = serde_json::json!({"type": "message_start", "message": {"usage": {"input_tokens": 9, "output_tokens": 1, "cache_read_input_tokens": 1}}});
+        assert_eq!(Usage::from_json(&anth), Some(Usage { prompt: 10, completion: 1 }));
+        let resp = serde_json::json!({"type": "response.completed", "response": {"usage": {"input_tokens": 3, "output_tokens": 4}}});
+        assert_eq!(Usage::from_json(&resp), Some(Usage { prompt: 3, completion: 4 }));
+        assert_eq!(Usage::from_json(&serde_json::json!({"usage": null})), None);
+        assert_eq!(Usage::from_json(&serde_json::json!({"input_tokens": 11})), Some(Usage { prompt: 11, completion: 0 }));
+    }
+
+    #[test]
+    fn splits_events_across_chunks_and_hides_usage_chunk() {
+        let mut tap = SseTap::new(true);
+        let a = tap.push(b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\nda");
+        assert_eq!(&a[..], b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\n");
+        let b = tap.push(b"ta: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2}}\n\ndata: [DONE]\n\n");
+        assert_eq!(&b[..], b"data: [DONE]\n\n");
+        assert_eq!(tap.usage, Usage { prompt: 3, completion: 2 });
+        assert!(tap.finish().is_empty());
+    }
+
+    #[test]
+    fn anthropic_stream_usage_is_cumulative() {
+        let mut tap = SseTap::new(false);
+        let body = "event: message_start\r\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":25,\"output_tokens\":1}}}\r\n\r\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":15}}\n\n";
+        let out = tap.push(body.as_bytes());
+        assert_eq!(out.len(), body.len());
+        assert_eq!(tap.usage, Usage { prompt: 25, completion: 15 });
+    }
+}
