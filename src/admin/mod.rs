@@ -32,6 +32,29 @@ pub fn router() -> Router<Arc<App>> {
         .route("/usage", get(usage))
         .route("/audit", get(audit))
         .route("/audit/verify", get(audit_verify))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_ADMIN_BODY))
+}
+
+/// Largest admin request body.
+const MAX_ADMIN_BODY: usize = 1024 * 1024;
+
+/// A JSON body read with errors in the contract's shape.
+pub struct Body(pub Value);
+
+impl<S: Send + Sync> axum::extract::FromRequest<S> for Body {
+    type Rejection = AdminError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|_| AdminError(ApiError::too_large(MAX_ADMIN_BODY)))?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Body(Value::Null));
+        }
+        serde_json::from_slice(&bytes)
+            .map(Body)
+            .map_err(|e| bad(format!("the body is not valid JSON: {e}")))
+    }
 }
 
 type AdminResult = Result<Response, AdminError>;
@@ -204,7 +227,7 @@ async fn changed(app: &App) -> Result<(), AdminError> {
     Ok(())
 }
 
-async fn create_key(State(app): State<Arc<App>>, admin: Admin, Json(body): Json<Value>) -> AdminResult {
+async fn create_key(State(app): State<Arc<App>>, admin: Admin, Body(body): Body) -> AdminResult {
     let fields = parse_fields(body)?;
     let now = now_ms();
     let expires_at = fields.validate(now).map_err(bad)?;
@@ -279,7 +302,7 @@ async fn show_key(State(app): State<Arc<App>>, _admin: Admin, Path(id): Path<Str
     Ok(Json(key_view(&row)).into_response())
 }
 
-async fn update_key(State(app): State<Arc<App>>, admin: Admin, Path(id): Path<String>, Json(body): Json<Value>) -> AdminResult {
+async fn update_key(State(app): State<Arc<App>>, admin: Admin, Path(id): Path<String>, Body(body): Body) -> AdminResult {
     let patch: Map<String, Value> = match body {
         Value::Object(m) => m,
         _ => return Err(bad("the body must be a JSON object")),
@@ -331,8 +354,8 @@ async fn revoke_key(State(app): State<Arc<App>>, admin: Admin, Path(id): Path<St
     Ok(Json(view).into_response())
 }
 
-async fn rotate_key(State(app): State<Arc<App>>, admin: Admin, Path(id): Path<String>, body: Option<Json<Value>>) -> AdminResult {
-    let grace = match body.as_ref().and_then(|b| b.get("grace_seconds")) {
+async fn rotate_key(State(app): State<Arc<App>>, admin: Admin, Path(id): Path<String>, Body(body): Body) -> AdminResult {
+    let grace = match body.get("grace_seconds") {
         None | Some(Value::Null) => 0,
         Some(v) => match v.as_i64() {
             Some(n) if (0..=30 * 86_400).contains(&n) => n,

@@ -184,11 +184,14 @@ async fn serve(
     let body = axum::body::to_bytes(body, limit).await.map_err(|_| ApiError::too_large(limit))?;
 
     // GET /v1/models on the OpenAI surface: what this key may use.
-    if surface.native.is_none() && endpoint == "models" && parts.method == Method::GET {
-        if let Some(m) = meter.take() {
-            m.finish(200, Usage::default());
+    // Model lists bursar answers itself (not metered): the OpenAI surface's,
+    // and a native surface's whose provider is not configured (only echo).
+    if endpoint == "models" && parts.method == Method::GET {
+        let unconfigured = surface.native.as_ref().is_some_and(|n| app.registry.get(n).is_none());
+        if surface.native.is_none() || unconfigured {
+            meter.take();
+            return models_listing(app, key, &surface.rest, surface.shape);
         }
-        return models_listing(app, key, &surface.rest);
     }
 
     let facts: Facts = if parts.method == Method::POST && body.first().is_some_and(|b| *b == b'{') {
@@ -486,8 +489,11 @@ fn filter_model_list(raw: Bytes, allowed: impl Fn(&str) -> bool) -> Bytes {
 }
 
 /// `GET /v1/models` and `GET /v1/models/{id}`: the models this key may use.
-fn models_listing(app: &App, key: &CachedKey, rest: &str) -> Result<Response, ApiError> {
-    let entry = |id: &str, owner: &str| json!({"id": id, "object": "model", "created": 0, "owned_by": owner});
+fn models_listing(app: &App, key: &CachedKey, rest: &str, shape: Shape) -> Result<Response, ApiError> {
+    let entry = |id: &str, owner: &str| match shape {
+        Shape::OpenAi => json!({"id": id, "object": "model", "created": 0, "owned_by": owner}),
+        Shape::Anthropic => json!({"type": "model", "id": id, "display_name": id, "created_at": "1970-01-01T00:00:00Z"}),
+    };
     let allowed: Vec<(String, String)> = app
         .registry
         .known_models()
@@ -502,7 +508,16 @@ fn models_listing(app: &App, key: &CachedKey, rest: &str) -> Result<Response, Ap
         };
     }
     let data: Vec<Value> = allowed.iter().map(|(m, p)| entry(m, p)).collect();
-    Ok(axum::Json(json!({"object": "list", "data": data})).into_response())
+    let body = match shape {
+        Shape::OpenAi => json!({"object": "list", "data": data}),
+        Shape::Anthropic => json!({
+            "data": data,
+            "has_more": false,
+            "first_id": allowed.first().map(|m| m.0.clone()),
+            "last_id": allowed.last().map(|m| m.0.clone()),
+        }),
+    };
+    Ok(axum::Json(body).into_response())
 }
 
 /// `GET /bursar/v1/whoami`: the calling key's scope, limits and reachable models.
