@@ -1,0 +1,645 @@
+//! Shared helpers for the integration tests: a real `bursar serve` process
+//! against the in-process mock upstream, in its own temp dir and port.
+//!
+//! Every test crate uses a different subset of these helpers.
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use mock_upstream::{MockUpstream, RecordedRequest};
+use reqwest::Method;
+use reqwest::header::HeaderMap;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+pub use mock_upstream::MockUpstream as Mock;
+
+/// The first admin credential (`BURSAR_ADMIN_KEY`).
+pub const ADMIN_KEY: &str = "bsra_integration_test_admin_key_0001";
+/// Real provider keys the gateway holds; none may ever reach a client or a log.
+pub const OPENAI_KEY: &str = "sk-real-openai-secret-123456";
+pub const ANTHROPIC_KEY: &str = "sk-ant-real-secret-123456";
+/// The mock refuses requests without a credential, so the on-prem entry gets
+/// one too (a keyless upstream would get the mock's own 401).
+pub const ONPREM_KEY: &str = "sk-onprem-real-secret-123456";
+pub const REAL_KEYS: [&str; 3] = [OPENAI_KEY, ANTHROPIC_KEY, ONPREM_KEY];
+
+/// How long to wait for something asynchronous (usage rows, audit events,
+/// start-up, exit) before failing. Generous: only reached on failure.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_bursar")
+}
+
+/// The standard configuration pointing every provider at the mock.
+pub fn standard_config(mock_url: &str) -> String {
+    format!(
+        r#"[providers.openai]
+base_url = "{mock_url}/v1"
+api_key = "{OPENAI_KEY}"
+
+[providers.anthropic]
+base_url = "{mock_url}"
+api_key = "{ANTHROPIC_KEY}"
+
+[providers.onprem]
+kind = "openai"
+base_url = "{mock_url}/v1"
+api_key = "{ONPREM_KEY}"
+
+[[models]]
+name = "summarizer"
+provider = "onprem"
+model = "llama3.1:8b"
+input_per_mtok = 1.0
+output_per_mtok = 1.0
+"#
+    )
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind an ephemeral port")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}
+
+fn client() -> reqwest::Client {
+    // reqwest is built without a default TLS provider; the tests speak plain
+    // HTTP, but building a client still wants one installed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("reqwest client")
+}
+
+/// Remove every variable from the parent environment that bursar or the SDK
+/// helpers read, so a developer's shell cannot change a test's outcome.
+fn scrub_env(cmd: &mut Command) {
+    for (k, _) in std::env::vars() {
+        let upper = k.to_ascii_uppercase();
+        if upper.starts_with("BURSAR_")
+            || upper.starts_with("OPENAI_")
+            || upper.starts_with("ANTHROPIC_")
+            || upper == "CO_API_KEY"
+            || upper == "HF_TOKEN"
+            || upper == "RUST_LOG"
+        {
+            cmd.env_remove(&k);
+        }
+    }
+}
+
+pub struct GatewayBuilder {
+    config: String,
+    env: Vec<(String, String)>,
+}
+
+impl GatewayBuilder {
+    /// Add top-level TOML (e.g. `max_body_bytes = 2048`) before the tables.
+    pub fn top_level(mut self, toml: &str) -> Self {
+        self.config = format!("{toml}\n{}", self.config);
+        self
+    }
+
+    /// Replace the whole configuration file.
+    pub fn config(mut self, toml: String) -> Self {
+        self.config = toml;
+        self
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.into(), v.into()));
+        self
+    }
+
+    pub async fn start(self) -> Gateway {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config_path = dir.path().join("bursar.toml");
+        std::fs::write(&config_path, &self.config).expect("write config");
+        let mut gw = Gateway {
+            db_path: dir.path().join("bursar.db"),
+            log_path: dir.path().join("gateway.log"),
+            config_path,
+            dir,
+            port: 0,
+            child: None,
+            http: client(),
+            env: self.env,
+        };
+        gw.spawn().await;
+        gw
+    }
+}
+
+/// A running `bursar serve`, killed when dropped.
+pub struct Gateway {
+    pub dir: TempDir,
+    pub port: u16,
+    pub config_path: PathBuf,
+    pub db_path: PathBuf,
+    /// stdout and stderr of every run of the process, appended.
+    pub log_path: PathBuf,
+    pub http: reqwest::Client,
+    child: Option<Child>,
+    env: Vec<(String, String)>,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Gateway {
+    pub fn builder(mock: &MockUpstream) -> GatewayBuilder {
+        GatewayBuilder {
+            config: standard_config(&mock.url()),
+            env: Vec::new(),
+        }
+    }
+
+    /// A gateway with the standard configuration.
+    pub async fn start(mock: &MockUpstream) -> Gateway {
+        Self::builder(mock).start().await
+    }
+
+    /// `serve` arguments for this gateway's files on `port`.
+    pub fn serve_command(&self, port: u16) -> Command {
+        let mut cmd = Command::new(bin());
+        scrub_env(&mut cmd);
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--database")
+            .arg(format!("sqlite://{}", self.db_path.display()))
+            .arg("--config")
+            .arg(&self.config_path)
+            .env("BURSAR_ADMIN_KEY", ADMIN_KEY)
+            .current_dir(self.dir.path());
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    /// Start the process (on a new free port) and wait until `/healthz` answers.
+    pub async fn spawn(&mut self) {
+        assert!(self.child.is_none(), "gateway already running");
+        for _attempt in 0..5 {
+            let port = free_port();
+            let log = File::options()
+                .create(true)
+                .append(true)
+                .open(&self.log_path)
+                .expect("open log");
+            let mut cmd = self.serve_command(port);
+            cmd.stdin(Stdio::null())
+                .stdout(log.try_clone().expect("clone log"))
+                .stderr(log);
+            let child = cmd.spawn().expect("spawn bursar serve");
+            self.port = port;
+            self.child = Some(child);
+            match self.wait_healthy().await {
+                Ok(()) => return,
+                Err(status) => {
+                    self.child = None;
+                    let log = self.log();
+                    if log.contains("cannot listen") {
+                        continue; // the port was taken in between: try another
+                    }
+                    panic!("bursar serve exited with {status} before it was healthy; log:\n{log}");
+                }
+            }
+        }
+        panic!("could not start bursar serve; log:\n{}", self.log());
+    }
+
+    async fn wait_healthy(&mut self) -> Result<(), ExitStatus> {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                return Err(status);
+            }
+            if let Ok(r) = self.http.get(self.url("/healthz")).send().await
+                && r.status().is_success()
+            {
+                return Ok(());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "bursar serve did not become healthy; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("gateway running").id()
+    }
+
+    /// Send SIGTERM (without waiting).
+    pub fn sigterm(&self) {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+    }
+
+    /// Wait for the process to exit on its own.
+    pub async fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let child = self.child.as_mut().expect("gateway running");
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "bursar serve did not exit; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub async fn stop(&mut self) -> ExitStatus {
+        self.sigterm();
+        self.wait_exit().await
+    }
+
+    /// Everything the process has written to stdout and stderr so far.
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = File::open(&self.log_path) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base())
+    }
+
+    /// Call the admin API; answers the status and the JSON body (or the text
+    /// as a JSON string when it is not JSON).
+    pub async fn admin(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let method = Method::from_bytes(method.as_bytes()).expect("method");
+        let mut rb = self.http.request(method, self.url(path)).bearer_auth(ADMIN_KEY);
+        if let Some(b) = body {
+            rb = rb.json(&b);
+        }
+        let resp = rb.send().await.expect("admin request");
+        let status = resp.status().as_u16();
+        (status, body_json(resp).await)
+    }
+
+    /// Create a key; answers (id, secret).
+    pub async fn create_key(&self, body: Value) -> (String, String) {
+        let (status, v) = self.admin("POST", "/admin/v1/keys", Some(body)).await;
+        assert_eq!(status, 201, "create key: {v}");
+        let id = v["id"].as_str().expect("id").to_string();
+        let secret = v["key"].as_str().expect("key").to_string();
+        (id, secret)
+    }
+
+    /// A key without restrictions.
+    pub async fn open_key(&self) -> (String, String) {
+        self.create_key(json!({"name": "open"})).await
+    }
+
+    /// POST JSON with `Authorization: Bearer <key>`.
+    pub async fn post(&self, path: &str, key: &str, body: &Value) -> reqwest::Response {
+        self.http
+            .post(self.url(path))
+            .bearer_auth(key)
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// POST JSON on the Anthropic surface with `x-api-key: <key>`.
+    pub async fn post_anthropic(&self, path: &str, key: &str, body: &Value) -> reqwest::Response {
+        self.http
+            .post(self.url(path))
+            .header("x-api-key", key)
+            .header("anthropic-version", "2023-06-01")
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// A one-message chat completion; answers (status, headers, body).
+    pub async fn chat(&self, key: &str, model: &str, text: &str) -> (u16, HeaderMap, Value) {
+        let resp = self
+            .post(
+                "/v1/chat/completions",
+                key,
+                &json!({"model": model, "messages": [{"role": "user", "content": text}]}),
+            )
+            .await;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        (status, headers, body_json(resp).await)
+    }
+
+    /// Every usage row (newest first), at most 10 000.
+    pub async fn usage_rows(&self, query: &str) -> Vec<Value> {
+        let sep = if query.is_empty() { "" } else { "&" };
+        let (status, v) = self
+            .admin("GET", &format!("/admin/v1/usage?limit=10000{sep}{query}"), None)
+            .await;
+        assert_eq!(status, 200, "usage: {v}");
+        v["data"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// Poll the usage API until the row of `request_id` is written.
+    pub async fn wait_usage(&self, request_id: &str) -> Value {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let rows = self.usage_rows("").await;
+            if let Some(r) = rows.iter().find(|r| r["request_id"] == request_id) {
+                return r.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no usage row for {request_id}; rows: {rows:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Poll the usage API until at least `n` rows match `query`.
+    pub async fn wait_usage_count(&self, query: &str, n: usize) -> Vec<Value> {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let rows = self.usage_rows(query).await;
+            if rows.len() >= n {
+                return rows;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "expected {n} usage rows for '{query}', have {}: {rows:#?}",
+                rows.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Every audit row, oldest first.
+    pub async fn audit_rows(&self) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let path = match &cursor {
+                Some(c) => format!("/admin/v1/audit?limit=1000&cursor={c}"),
+                None => "/admin/v1/audit?limit=1000".to_string(),
+            };
+            let (status, v) = self.admin("GET", &path, None).await;
+            assert_eq!(status, 200, "audit: {v}");
+            out.extend(v["data"].as_array().cloned().unwrap_or_default());
+            match v["next_cursor"].as_str() {
+                Some(c) => cursor = Some(c.to_string()),
+                None => return out,
+            }
+        }
+    }
+
+    /// Poll the audit log until some row satisfies `pred`.
+    pub async fn wait_audit(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let rows = self.audit_rows().await;
+            if let Some(r) = rows.iter().find(|r| pred(r)) {
+                return r.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no audit row for {what}; rows: {rows:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Poll until a request with `key` gets `status` (key cache and clocks
+    /// move asynchronously).
+    pub async fn wait_status(&self, key: &str, status: u16) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let (s, _, body) = self.chat(key, "echo", "ping").await;
+            if s == status {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "key never got {status}; last {s}: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Run the CLI against this gateway (BURSAR_URL and BURSAR_ADMIN_KEY set)
+    /// in `cwd` (default: the gateway's temp dir).
+    pub async fn cli(&self, args: &[&str], env: &[(&str, &str)], cwd: Option<&Path>) -> CliOutput {
+        let mut cmd = Command::new(bin());
+        scrub_env(&mut cmd);
+        cmd.args(args)
+            .env("BURSAR_URL", self.base())
+            .env("BURSAR_ADMIN_KEY", ADMIN_KEY)
+            .current_dir(cwd.unwrap_or(self.dir.path()))
+            .stdin(Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        run_cli(cmd).await
+    }
+}
+
+pub struct CliOutput {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Run a CLI command without blocking the runtime (the mock lives on it).
+pub async fn run_cli(cmd: Command) -> CliOutput {
+    let mut cmd = tokio::process::Command::from(cmd);
+    cmd.kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .expect("CLI did not finish within 60 s")
+        .expect("run the CLI");
+    CliOutput {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// The body as JSON, or as a JSON string when it is not JSON.
+pub async fn body_json(resp: reqwest::Response) -> Value {
+    let text = resp.text().await.expect("response body");
+    serde_json::from_str(&text).unwrap_or(Value::String(text))
+}
+
+/// The `x-request-id` of a response.
+pub fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("x-request-id header")
+        .to_string()
+}
+
+/// The `x-bursar-cost-usd` of a response, parsed.
+pub fn cost_header(headers: &HeaderMap) -> Option<f64> {
+    headers
+        .get("x-bursar-cost-usd")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.parse().ok())
+}
+
+/// All headers rendered as `name: value` lines (for leak checks).
+pub fn headers_text(headers: &HeaderMap) -> String {
+    headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {}\n", String::from_utf8_lossy(v.as_bytes())))
+        .collect()
+}
+
+/// Parse an SSE body into (event name, data) pairs.
+pub fn parse_sse(body: &str) -> Vec<(Option<String>, String)> {
+    body.replace("\r\n", "\n")
+        .split("\n\n")
+        .filter(|b| !b.trim().is_empty())
+        .map(|block| {
+            let mut event = None;
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(e) = line.strip_prefix("event:") {
+                    event = Some(e.trim().to_owned());
+                } else if let Some(d) = line.strip_prefix("data:") {
+                    data.push_str(d.strip_prefix(' ').unwrap_or(d));
+                }
+            }
+            (event, data)
+        })
+        .collect()
+}
+
+/// The JSON payloads of an SSE body (skipping `[DONE]`).
+pub fn sse_json(body: &str) -> Vec<Value> {
+    parse_sse(body)
+        .into_iter()
+        .filter_map(|(_, d)| serde_json::from_str(&d).ok())
+        .collect()
+}
+
+/// Read a streamed body to its end; answers the text.
+pub async fn read_stream(resp: reqwest::Response) -> String {
+    let mut out = Vec::new();
+    let mut s = resp.bytes_stream();
+    while let Some(chunk) = s.next().await {
+        out.extend_from_slice(&chunk.expect("stream chunk"));
+    }
+    String::from_utf8(out).expect("utf-8 stream")
+}
+
+/// Concatenated `choices[0].delta.content` of an OpenAI chat stream.
+pub fn chat_stream_text(events: &[Value]) -> String {
+    events
+        .iter()
+        .filter_map(|e| e.pointer("/choices/0/delta/content").and_then(Value::as_str))
+        .collect()
+}
+
+/// Concatenated text deltas of an Anthropic message stream.
+pub fn anthropic_stream_text(events: &[Value]) -> String {
+    events
+        .iter()
+        .filter(|e| e["type"] == "content_block_delta")
+        .filter_map(|e| e.pointer("/delta/text").and_then(Value::as_str))
+        .collect()
+}
+
+/// Requests the mock received on `path`.
+pub fn mock_requests(mock: &MockUpstream, path: &str) -> Vec<RecordedRequest> {
+    mock.requests().into_iter().filter(|r| r.path == path).collect()
+}
+
+/// Every value of header `name` on a recorded request.
+pub fn header_values<'a>(r: &'a RecordedRequest, name: &str) -> Vec<&'a str> {
+    r.headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+        .collect()
+}
+
+/// Everything the mock received, as text (for leak checks).
+pub fn mock_text(mock: &MockUpstream) -> String {
+    mock.requests()
+        .iter()
+        .map(|r| {
+            let h: String = r.headers.iter().map(|(k, v)| format!("{k}: {v}\n")).collect();
+            format!(
+                "{} {} {:?}\n{h}\n{}\n",
+                r.method,
+                r.path,
+                r.query,
+                String::from_utf8_lossy(&r.body)
+            )
+        })
+        .collect()
+}
+
+/// The mock's token counts for a chat with one user message `text`:
+/// prompt = words + 7, completion = words of "mock: <text>".
+pub fn mock_chat_tokens(text: &str) -> (i64, i64) {
+    let w = text.split_whitespace().count() as i64;
+    (w + 7, w + 1)
+}
+
+/// Assert `a` and `b` are equal to within floating-point noise.
+pub fn assert_close(a: f64, b: f64, what: &str) {
+    assert!(
+        (a - b).abs() <= 1e-9 + b.abs() * 1e-6,
+        "{what}: {a} != {b}"
+    );
+}
+
+/// Assert no text in `haystack` contains a real provider key.
+pub fn assert_no_real_key(haystack: &str, what: &str) {
+    for k in REAL_KEYS {
+        assert!(!haystack.contains(k), "{what} contains the real key {k}:\n{haystack}");
+    }
+}
+
+/// `bsr_` + 36 base62 characters.
+pub fn is_key_format(s: &str) -> bool {
+    s.strip_prefix("bsr_")
+        .is_some_and(|b| b.len() == 36 && b.bytes().all(|c| c.is_ascii_alphanumeric()))
+}

@@ -1,0 +1,63 @@
+"""Constants and small helpers shared by the SDK tests."""
+
+from __future__ import annotations
+
+import json
+
+ADMIN_KEY = "bsra_sdk_test_admin_key_0001"
+OPENAI_SECRET = "sk-real-openai-secret-123456"
+ANTHROPIC_SECRET = "sk-ant-real-secret-123456"
+SECRET_FRAGMENTS = ("sk-real-openai-secret", "sk-ant-real-secret")
+
+# Built-in prices (USD per million tokens) of the models the tests use.
+PRICES = {
+    "gpt-4o-mini": (0.15, 0.60),
+    "text-embedding-3-small": (0.02, 0.0),
+    "claude-sonnet-4-5": (3.0, 15.0),
+    "echo": (1.0, 2.0),
+}
+
+# Every SDK call gives up quickly instead of hanging a CI run.
+TIMEOUT = 20.0
+
+
+def words(s: str) -> int:
+    return len(s.split())
+
+
+def expected_cost(model: str, prompt: int, completion: int) -> float:
+    inp, out = PRICES[model]
+    return (prompt * inp + completion * out) / 1_000_000
+
+
+def as_text(obj) -> str:
+    """Any SDK error body or object as text, for secret checks."""
+    try:
+        return json.dumps(obj, default=str)
+    except (TypeError, ValueError):
+        return str(obj)
+
+
+def assert_no_secret(*texts) -> None:
+    for t in texts:
+        s = t if isinstance(t, str) else as_text(t)
+        for frag in SECRET_FRAGMENTS:
+            assert frag not in s, f"real provider key leaked: {s[:500]}"
+
+
+def assert_usage_row(row: dict, *, key, model: str, provider: str, endpoint: str,
+                     prompt: int, completion: int, status: int = 200) -> None:
+    """A usage row names the key, model, provider and endpoint, carries the
+    SDK-reported token counts and, for a priced model, the matching cost."""
+    assert row["key_id"] == key.id, row
+    assert row["model"] == model, row
+    assert row["provider"] == provider, row
+    assert row["endpoint"] == endpoint, row
+    assert row["status"] == status, row
+    assert row["prompt_tokens"] == prompt, row
+    assert row["completion_tokens"] == completion, row
+    assert row["latency_ms"] >= 0, row
+    if model in PRICES and (prompt or completion):
+        want = expected_cost(model, prompt, completion)
+        assert row["cost_usd"] > 0, row
+        assert abs(row["cost_usd"] - want) <= max(1e-12, want * 1e-6), (row, want)

@@ -1,0 +1,314 @@
+"""The official `openai` SDK against bursar's OpenAI surface (`{gw}/v1`),
+unchanged but for base URL and key."""
+
+from __future__ import annotations
+
+import asyncio
+
+import openai
+import pytest
+from openai import AsyncOpenAI, OpenAI
+
+from sdkutil import OPENAI_SECRET, TIMEOUT, assert_no_secret, assert_usage_row, words
+
+
+def client(gateway, key, **kw) -> OpenAI:
+    kw.setdefault("max_retries", 0)
+    kw.setdefault("timeout", TIMEOUT)
+    return OpenAI(base_url=f"{gateway.url}/v1", api_key=key, **kw)
+
+
+def msgs(text: str) -> list[dict]:
+    return [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": text},
+    ]
+
+
+def mock_prompt_tokens(messages: list[dict]) -> int:
+    """What mock-upstream counts: words of every message, plus 7."""
+    return sum(words(m["content"]) for m in messages) + 7
+
+
+# --------------------------------------------------------------------- chat
+
+
+def test_chat_completion_via_mock(gateway, key, marker):
+    text = f"hello gateway {marker}"
+    m = msgs(text)
+    resp = client(gateway, key).chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=m)
+    completion = resp.parse()
+    assert completion.choices[0].message.content == f"mock: {text}"
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.model == "gpt-4o-mini"
+    assert completion.usage.prompt_tokens == mock_prompt_tokens(m)
+    assert completion.usage.completion_tokens == words(f"mock: {text}")
+
+    # bursar's own request id, the cost header, the upstream's id kept aside.
+    request_id = resp.headers.get("x-request-id")
+    assert request_id and completion._request_id == request_id
+    assert resp.headers.get("x-upstream-request-id", "").startswith("req_mock")
+    row = gateway.usage_row(key.id, request_id)
+    assert_usage_row(
+        row, key=key, model="gpt-4o-mini", provider="openai", endpoint="chat",
+        prompt=completion.usage.prompt_tokens, completion=completion.usage.completion_tokens,
+    )
+    assert float(resp.headers["x-bursar-cost-usd"]) == pytest.approx(row["cost_usd"], rel=1e-6, abs=1e-8)
+
+    # Upstream saw the real key, never the virtual one.
+    (up,) = gateway.upstream_requests(marker)
+    assert up["path"] == "/v1/chat/completions"
+    assert up["headers"].get("authorization") == f"Bearer {OPENAI_SECRET}"
+    assert str(key) not in str(up["headers"])
+
+
+def test_chat_completion_echo(gateway, key):
+    text = "the quick brown fox jumps"
+    completion = client(gateway, key).chat.completions.create(model="echo", messages=msgs(text))
+    assert completion.model == "echo"
+    assert completion.choices[0].message.content == text
+    assert completion.usage.prompt_tokens > 0
+    assert completion.usage.completion_tokens > 0
+    assert completion.usage.total_tokens == completion.usage.prompt_tokens + completion.usage.completion_tokens
+    row = gateway.usage_row(key.id, completion._request_id)
+    assert_usage_row(
+        row, key=key, model="echo", provider="echo", endpoint="chat",
+        prompt=completion.usage.prompt_tokens, completion=completion.usage.completion_tokens,
+    )
+
+
+def _expected_usage(gateway, model: str, m: list[dict], reply: str) -> tuple[int, int]:
+    """Token counts of a non-streamed call with the same messages (echo), or
+    what the mock counts."""
+    if model == "echo":
+        k = gateway.create_key()
+        u = client(gateway, k).chat.completions.create(model=model, messages=m).usage
+        return u.prompt_tokens, u.completion_tokens
+    return mock_prompt_tokens(m), words(reply)
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "echo"])
+def test_chat_stream_without_usage(gateway, key, model):
+    """Without stream_options the client gets no usage chunk (bursar asks the
+    upstream for one to meter the call, and must hide it), yet the call is
+    metered with real token counts."""
+    text = "stream me some words please"
+    m = msgs(text)
+    stream = client(gateway, key).chat.completions.create(model=model, messages=m, stream=True)
+    chunks = list(stream)
+    assert chunks
+    assert all(c.choices != [] for c in chunks), [c.model_dump() for c in chunks if not c.choices]
+    assert all(c.usage is None for c in chunks)
+    got = "".join(c.choices[0].delta.content or "" for c in chunks)
+    reply = f"mock: {text}" if model != "echo" else text
+    assert got == reply
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+    row = gateway.usage_row(key.id)
+    prompt, completion = _expected_usage(gateway, model, m, reply)
+    assert_usage_row(
+        row, key=key, model=model, provider="openai" if model != "echo" else "echo",
+        endpoint="chat", prompt=prompt, completion=completion,
+    )
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "echo"])
+def test_chat_stream_with_usage(gateway, key, model):
+    text = "count these streamed tokens"
+    m = msgs(text)
+    stream = client(gateway, key).chat.completions.create(
+        model=model, messages=m, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = list(stream)
+    final = chunks[-1]
+    assert final.choices == []
+    assert final.usage is not None
+    assert final.usage.prompt_tokens > 0 and final.usage.completion_tokens > 0
+    assert all(c.usage is None for c in chunks[:-1])
+    got = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert got == (f"mock: {text}" if model != "echo" else text)
+    if model != "echo":
+        assert final.usage.prompt_tokens == mock_prompt_tokens(m)
+
+    row = gateway.usage_row(key.id)
+    assert_usage_row(
+        row, key=key, model=model, provider="openai" if model != "echo" else "echo",
+        endpoint="chat", prompt=final.usage.prompt_tokens, completion=final.usage.completion_tokens,
+    )
+
+
+def test_async_client(gateway, key):
+    async def go():
+        async with AsyncOpenAI(base_url=f"{gateway.url}/v1", api_key=key, max_retries=0, timeout=TIMEOUT) as c:
+            return await c.chat.completions.create(model="gpt-4o-mini", messages=msgs("async hello"))
+
+    completion = asyncio.run(go())
+    assert completion.choices[0].message.content == "mock: async hello"
+    row = gateway.usage_row(key.id, completion._request_id)
+    assert_usage_row(
+        row, key=key, model="gpt-4o-mini", provider="openai", endpoint="chat",
+        prompt=completion.usage.prompt_tokens, completion=completion.usage.completion_tokens,
+    )
+
+
+# --------------------------------------------------------------- embeddings
+
+
+@pytest.mark.parametrize("model", ["text-embedding-3-small", "echo"])
+def test_embeddings_default_base64(gateway, key, model):
+    """The SDK asks for base64 by default and decodes it to floats."""
+    c = client(gateway, key)
+    inputs = ["first text to embed", "second one"]
+    emb = c.embeddings.create(model=model, input=inputs)
+    assert len(emb.data) == 2
+    vecs = [d.embedding for d in emb.data]
+    assert all(isinstance(v, list) and v and all(isinstance(x, float) for x in v) for v in vecs)
+    assert [d.index for d in emb.data] == [0, 1]
+    assert emb.usage.prompt_tokens > 0
+
+    # The same vectors as plain floats.
+    floats = c.embeddings.create(model=model, input=inputs, encoding_format="float")
+    for a, b in zip(vecs, (d.embedding for d in floats.data)):
+        assert a == pytest.approx(b, abs=1e-6)
+
+    rows = gateway.wait_usage(key.id, 2)
+    assert len(rows) == 2
+    for row in rows:
+        assert_usage_row(
+            row, key=key, model=model, provider="openai" if model != "echo" else "echo",
+            endpoint="embeddings", prompt=emb.usage.prompt_tokens, completion=0,
+        )
+
+
+# ---------------------------------------------------------------- responses
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "echo"])
+def test_responses_create(gateway, key, model):
+    text = "respond to this input"
+    resp = client(gateway, key).responses.create(model=model, input=text)
+    assert resp.status == "completed"
+    assert resp.output_text == (f"mock: {text}" if model != "echo" else text)
+    assert resp.usage.input_tokens > 0 and resp.usage.output_tokens > 0
+    row = gateway.usage_row(key.id, resp._request_id)
+    assert_usage_row(
+        row, key=key, model=model, provider="openai" if model != "echo" else "echo",
+        endpoint="responses", prompt=resp.usage.input_tokens, completion=resp.usage.output_tokens,
+    )
+
+
+@pytest.mark.parametrize("model", ["gpt-4o-mini", "echo"])
+def test_responses_stream(gateway, key, model):
+    text = "stream a response for me"
+    stream = client(gateway, key).responses.create(model=model, input=text, stream=True)
+    events = list(stream)
+    types = [e.type for e in events]
+    assert types[0] == "response.created"
+    assert types[-1] == "response.completed"
+    deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    want = f"mock: {text}" if model != "echo" else text
+    assert deltas == want
+    final = events[-1].response
+    assert final.output_text == want
+    assert final.usage.input_tokens > 0 and final.usage.output_tokens > 0
+    row = gateway.usage_row(key.id)
+    assert_usage_row(
+        row, key=key, model=model, provider="openai" if model != "echo" else "echo",
+        endpoint="responses", prompt=final.usage.input_tokens, completion=final.usage.output_tokens,
+    )
+
+
+# ------------------------------------------------------------------- models
+
+
+def test_models_list_scoped_key(gateway, new_key):
+    key = new_key(models=["gpt-4o-mini", "echo"])
+    c = client(gateway, key)
+    ids = [m.id for m in c.models.list()]
+    assert sorted(ids) == ["echo", "gpt-4o-mini"]
+    assert c.models.retrieve("gpt-4o-mini").id == "gpt-4o-mini"
+    with pytest.raises(openai.NotFoundError):
+        c.models.retrieve("gpt-4o")
+
+
+def test_models_list_unscoped_key(gateway, key):
+    ids = {m.id for m in client(gateway, key).models.list()}
+    assert {"echo", "gpt-4o-mini", "claude-sonnet-4-5"} <= ids
+
+
+# ------------------------------------------------------------------- errors
+
+
+def test_revoked_key_is_rejected(gateway, new_key):
+    key = new_key()
+    c = client(gateway, key)
+    c.chat.completions.create(model="echo", messages=msgs("still valid"))
+    gateway.revoke(key.id)
+    with pytest.raises(openai.AuthenticationError) as ei:
+        c.chat.completions.create(model="echo", messages=msgs("now revoked"))
+    e = ei.value
+    assert e.status_code == 401
+    assert e.code == "invalid_api_key"
+    assert e.body["type"] == "invalid_api_key"
+    assert e.response.headers.get("x-request-id")
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "bsr_" + "A" * 36,  # well-shaped but with a wrong checksum / unknown
+        "sk-not-a-bursar-key",
+    ],
+)
+def test_unknown_key_is_rejected(gateway, secret):
+    with pytest.raises(openai.AuthenticationError) as ei:
+        client(gateway, secret).chat.completions.create(model="echo", messages=msgs("who am i"))
+    assert ei.value.code == "invalid_api_key"
+    assert ei.value.body["type"] == "invalid_api_key"
+
+
+def test_model_outside_scope(gateway, new_key):
+    key = new_key(models=["gpt-4o-mini", "echo"])
+    c = client(gateway, key)
+    with pytest.raises(openai.PermissionDeniedError) as ei:
+        c.chat.completions.create(model="gpt-4o", messages=msgs("not allowed"))
+    assert ei.value.status_code == 403
+    assert ei.value.body["type"] == "permission_denied"
+    # Nothing was forwarded, nothing was charged.
+    assert all(r["cost_usd"] == 0 for r in gateway.usage(key.id))
+
+
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
+def test_max_tokens_above_key_limit(gateway, new_key, field):
+    key = new_key(max_tokens_per_request=50)
+    c = client(gateway, key)
+    with pytest.raises(openai.BadRequestError) as ei:
+        c.chat.completions.create(model="gpt-4o-mini", messages=msgs("too many"), **{field: 51})
+    assert ei.value.body["type"] == "request_blocked"
+    ok = c.chat.completions.create(model="gpt-4o-mini", messages=msgs("just enough"), **{field: 50})
+    assert ok.choices[0].message.content == "mock: just enough"
+
+
+def test_upstream_500_is_502_without_the_real_key(gateway, key, marker):
+    c = client(gateway, key)
+    with pytest.raises(openai.InternalServerError) as ei:
+        c.chat.completions.create(model="mock-error-500", messages=msgs(f"break {marker}"))
+    e = ei.value
+    assert e.status_code == 502
+    assert e.body["type"] == "upstream_error"
+    # The mock echoed the credential it got: the real key, which must not reach the client.
+    (up,) = gateway.upstream_requests(marker)
+    assert up["headers"]["authorization"] == f"Bearer {OPENAI_SECRET}"
+    assert_no_secret(e.message, e.body, e.response.text, dict(e.response.headers))
+    row = gateway.usage_row(key.id)
+    assert row["status"] == 502 and row["cost_usd"] == 0
+
+
+def test_upstream_429_is_rate_limit_error(gateway, key):
+    c = client(gateway, key)
+    with pytest.raises(openai.RateLimitError) as ei:
+        c.chat.completions.create(model="mock-error-429", messages=msgs("slow down"))
+    e = ei.value
+    assert e.status_code == 429
+    assert e.response.headers.get("retry-after")
+    assert_no_secret(e.message, e.body, e.response.text)
