@@ -37,6 +37,36 @@ pub struct Config {
     pub models: Vec<ModelConfig>,
     #[serde(default)]
     pub usage: UsageConfig,
+    #[serde(default)]
+    pub alerts: AlertsConfig,
+}
+
+/// Budget alerts: an audit event and a signed webhook once per period when
+/// spend crosses `budget_threshold` of a budget.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsConfig {
+    #[serde(default = "default_threshold")]
+    pub budget_threshold: f64,
+    #[serde(default)]
+    pub webhook_url: Option<String>,
+    /// HMAC-SHA256 key for the `x-bursar-signature` header.
+    #[serde(default)]
+    pub webhook_secret: Option<String>,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        Self {
+            budget_threshold: default_threshold(),
+            webhook_url: None,
+            webhook_secret: None,
+        }
+    }
+}
+
+fn default_threshold() -> f64 {
+    0.8
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -250,6 +280,12 @@ impl Config {
                     bail!("config: models[{i}].{field}: must be a non-negative number");
                 }
             }
+        }
+        if !(0.0..=1.0).contains(&self.alerts.budget_threshold) {
+            bail!("config: alerts.budget_threshold: must be between 0 and 1");
+        }
+        if let Some(u) = self.alerts.webhook_url.as_deref().filter(|u| !u.is_empty()) {
+            reqwest::Url::parse(u).with_context(|| format!("config: alerts.webhook_url: '{u}' is not a URL"))?;
         }
         if let Some(f) = &self.log_format
             && f != "text"

@@ -25,6 +25,18 @@ pub fn rfc3339(ms: i64) -> String {
         .unwrap_or_default()
 }
 
+/// Hex HMAC-SHA256 of `data` under `key`.
+pub fn hmac_sha256_hex(key: &[u8], data: &[u8]) -> String {
+    use hmac::{Hmac, Mac};
+    match Hmac::<sha2::Sha256>::new_from_slice(key) {
+        Ok(mut m) => {
+            m.update(data);
+            hex::encode(m.finalize().into_bytes())
+        }
+        Err(_) => String::new(),
+    }
+}
+
 /// `YYYY-MM-DD` of a day number since the epoch.
 pub fn day_string(day: i64) -> String {
     rfc3339(day * 86_400_000).chars().take(10).collect()

@@ -15,9 +15,9 @@ use serde_json::{Map, Value, json};
 
 use crate::gateway::App;
 use crate::gateway::error::{ApiError, Shape};
-use crate::keys::spec::{KeyFields, KeySpec, merge_patch};
+use crate::keys::spec::{KeyFields, KeySpec, OwnerFields, merge_patch};
 use crate::keys::{self};
-use crate::store::{GROUP_COLUMNS, KeyFilter, KeyRow, UsageFilter};
+use crate::store::{GROUP_COLUMNS, KeyFilter, KeyRow, OwnerRow, UsageFilter};
 use crate::util::{new_id, now_ms, parse_time, rfc3339};
 
 const OPENAPI: &str = include_str!("openapi.json");
@@ -32,6 +32,10 @@ pub fn router() -> Router<Arc<App>> {
         .route("/usage", get(usage))
         .route("/audit", get(audit))
         .route("/audit/verify", get(audit_verify))
+        .route("/users", get(list_users).post(create_user))
+        .route("/users/{name}", get(show_user).patch(update_user))
+        .route("/teams", get(list_teams).post(create_team))
+        .route("/teams/{name}", get(show_team).patch(update_team))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_ADMIN_BODY))
 }
 
@@ -481,4 +485,143 @@ async fn audit(State(app): State<Arc<App>>, _admin: Admin, Query(q): Query<HashM
 async fn audit_verify(State(app): State<Arc<App>>, _admin: Admin) -> AdminResult {
     let v = app.store.verify_audit().await?;
     Ok(Json(json!(v)).into_response())
+}
+
+// ---- users and teams ------------------------------------------------------
+
+fn owner_view(o: &OwnerRow) -> Value {
+    let mut v = serde_json::from_str::<Value>(&o.spec).unwrap_or_else(|_| json!({}));
+    if let Some(m) = v.as_object_mut() {
+        m.insert("name".into(), json!(o.name));
+        if o.kind == "user" {
+            m.insert("team".into(), json!(o.team));
+        }
+        m.insert("created_at".into(), json!(rfc3339(o.created_at)));
+        m.insert("updated_at".into(), json!(rfc3339(o.updated_at)));
+    }
+    v
+}
+
+async fn owner_view_with_spend(app: &App, o: &OwnerRow) -> Result<Value, AdminError> {
+    let mut v = owner_view(o);
+    let fields: OwnerFields = serde_json::from_str(&o.spec).unwrap_or_default();
+    let column = if o.kind == "user" { "user_name" } else { "team" };
+    let now = now_ms();
+    let period = fields.budget.as_ref().map(|b| b.period.clone()).unwrap_or_else(|| "total".into());
+    let since = crate::counters::period_start(&period, now);
+    let spent = app.store.spend_since(column, &o.name, since).await?;
+    if let Some(m) = v.as_object_mut() {
+        m.insert("spend_usd".into(), json!(spent));
+        m.insert("spend_period".into(), json!(period));
+    }
+    Ok(v)
+}
+
+async fn list_owners(app: &App, kind: &str) -> AdminResult {
+    let rows = app.store.list_owners(Some(kind)).await?;
+    let data: Vec<Value> = rows.iter().map(owner_view).collect();
+    Ok(Json(json!({"data": data, "next_cursor": null})).into_response())
+}
+
+async fn create_owner(app: &App, admin: Admin, kind: &str, body: Value) -> AdminResult {
+    let fields: OwnerFields = serde_json::from_value(body).map_err(|e| bad(e.to_string()))?;
+    fields.validate().map_err(bad)?;
+    let name = fields.name.clone().unwrap_or_default();
+    if app.store.get_owner(kind, &name).await?.is_some() {
+        return Err(AdminError(ApiError {
+            status: StatusCode::CONFLICT,
+            kind: "conflict",
+            message: format!("a {kind} named '{name}' already exists; PATCH it instead"),
+            retry_after: None,
+            upstream: None,
+        }));
+    }
+    if kind == "team" && fields.team.is_some() {
+        return Err(bad("team: a team has no team"));
+    }
+    let now = now_ms();
+    let row = OwnerRow {
+        kind: kind.into(),
+        name: name.clone(),
+        team: fields.team.clone(),
+        spec: serde_json::to_string(&fields).map_err(anyhow::Error::from)?,
+        created_at: now,
+        updated_at: now,
+    };
+    app.store.upsert_owner(&row).await?;
+    app.audit
+        .record(&admin.actor, &format!("{kind}.create"), Some(&name), Some(admin.ip), json!({"fields": serde_json::to_value(&fields).unwrap_or(Value::Null)}))
+        .await?;
+    changed(app).await?;
+    Ok((StatusCode::CREATED, Json(owner_view(&row))).into_response())
+}
+
+async fn show_owner(app: &App, kind: &str, name: &str) -> AdminResult {
+    let row = app
+        .store
+        .get_owner(kind, name)
+        .await?
+        .ok_or_else(|| AdminError(ApiError::not_found(format!("no {kind} named '{name}'"))))?;
+    Ok(Json(owner_view_with_spend(app, &row).await?).into_response())
+}
+
+async fn update_owner(app: &App, admin: Admin, kind: &str, name: &str, body: Value) -> AdminResult {
+    let Value::Object(patch) = body else {
+        return Err(bad("the body must be a JSON object"));
+    };
+    if patch.get("name").is_some_and(|n| n.as_str() != Some(name)) {
+        return Err(bad("name: cannot be changed"));
+    }
+    let mut row = app
+        .store
+        .get_owner(kind, name)
+        .await?
+        .ok_or_else(|| AdminError(ApiError::not_found(format!("no {kind} named '{name}'"))))?;
+    let mut obj = serde_json::from_str::<Value>(&row.spec).unwrap_or_else(|_| json!({}));
+    if let Some(o) = obj.as_object_mut() {
+        for (k, v) in &patch {
+            if v.is_null() {
+                o.remove(k);
+            } else {
+                o.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    let fields: OwnerFields = serde_json::from_value(obj).map_err(|e| bad(e.to_string()))?;
+    fields.validate().map_err(bad)?;
+    row.team = fields.team.clone();
+    row.spec = serde_json::to_string(&fields).map_err(anyhow::Error::from)?;
+    row.updated_at = now_ms();
+    app.store.upsert_owner(&row).await?;
+    let changed_fields: Vec<&String> = patch.keys().collect();
+    app.audit
+        .record(&admin.actor, &format!("{kind}.update"), Some(name), Some(admin.ip), json!({"fields": changed_fields}))
+        .await?;
+    changed(app).await?;
+    Ok(Json(owner_view_with_spend(app, &row).await?).into_response())
+}
+
+async fn list_users(State(app): State<Arc<App>>, _admin: Admin) -> AdminResult {
+    list_owners(&app, "user").await
+}
+async fn create_user(State(app): State<Arc<App>>, admin: Admin, Body(body): Body) -> AdminResult {
+    create_owner(&app, admin, "user", body).await
+}
+async fn show_user(State(app): State<Arc<App>>, _admin: Admin, Path(name): Path<String>) -> AdminResult {
+    show_owner(&app, "user", &name).await
+}
+async fn update_user(State(app): State<Arc<App>>, admin: Admin, Path(name): Path<String>, Body(body): Body) -> AdminResult {
+    update_owner(&app, admin, "user", &name, body).await
+}
+async fn list_teams(State(app): State<Arc<App>>, _admin: Admin) -> AdminResult {
+    list_owners(&app, "team").await
+}
+async fn create_team(State(app): State<Arc<App>>, admin: Admin, Body(body): Body) -> AdminResult {
+    create_owner(&app, admin, "team", body).await
+}
+async fn show_team(State(app): State<Arc<App>>, _admin: Admin, Path(name): Path<String>) -> AdminResult {
+    show_owner(&app, "team", &name).await
+}
+async fn update_team(State(app): State<Arc<App>>, admin: Admin, Path(name): Path<String>, Body(body): Body) -> AdminResult {
+    update_owner(&app, admin, "team", &name, body).await
 }

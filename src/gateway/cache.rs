@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 
 use anyhow::Result;
 
-use crate::keys::spec::KeySpec;
+use crate::keys::spec::{KeySpec, OwnerFields};
 use crate::keys::{self, KeyHash};
 use crate::store::{KeyRow, Store};
 
@@ -42,6 +42,9 @@ struct Entry {
 struct Maps {
     keys: HashMap<KeyHash, Entry>,
     admins: HashMap<KeyHash, String>,
+    by_id: HashMap<String, Arc<CachedKey>>,
+    /// Users and teams by (kind, name).
+    owners: HashMap<(String, String), Arc<OwnerFields>>,
 }
 
 #[derive(Default)]
@@ -67,12 +70,19 @@ impl KeyCache {
     pub async fn reload(&self, store: &dyn Store) -> Result<()> {
         let rows = store.all_keys().await?;
         let admins = store.admin_keys().await?;
+        let owners = store.list_owners(None).await?;
         let mut maps = Maps::default();
+        for o in owners {
+            if let Ok(f) = serde_json::from_str::<OwnerFields>(&o.spec) {
+                maps.owners.insert((o.kind, o.name), Arc::new(f));
+            }
+        }
         for row in rows {
             let current = decode_hash(&row.key_hash);
             let old = row.old_key_hash.as_deref().and_then(decode_hash);
             let old_until = row.old_key_expires_at;
             let key = Arc::new(CachedKey::from_row(row));
+            maps.by_id.insert(key.row.id.clone(), key.clone());
             if let Some(h) = current {
                 maps.keys.insert(h, Entry { hash: h, valid_until: None, key: key.clone() });
             }
@@ -118,6 +128,33 @@ impl KeyCache {
             .iter()
             .find(|(k, _)| keys::hashes_equal(k, &h))
             .map(|(_, p)| p.clone())
+    }
+
+    /// A key by id.
+    pub fn by_id(&self, id: &str) -> Option<Arc<CachedKey>> {
+        self.snapshot().by_id.get(id).cloned()
+    }
+
+    /// Whether every ancestor of a key is active and unexpired.
+    pub fn ancestors_alive(&self, key: &CachedKey, now_ms: i64) -> bool {
+        let maps = self.snapshot();
+        let mut parent = key.row.parent_id.clone();
+        let mut depth = 0;
+        while let Some(pid) = parent {
+            depth += 1;
+            match maps.by_id.get(&pid) {
+                Some(p) if p.row.status == "active" && p.row.expires_at.is_none_or(|e| e > now_ms) && depth < 64 => {
+                    parent = p.row.parent_id.clone();
+                }
+                _ => return false,
+            }
+        }
+        true
+    }
+
+    /// A user's or team's limits.
+    pub fn owner(&self, kind: &str, name: &str) -> Option<Arc<OwnerFields>> {
+        self.snapshot().owners.get(&(kind.to_string(), name.to_string())).cloned()
     }
 
     pub fn len(&self) -> usize {

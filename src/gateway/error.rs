@@ -62,6 +62,12 @@ impl ApiError {
             format!("the model '{model}' does not exist or no configured provider serves it"),
         )
     }
+    pub fn rate_limited(message: impl Into<String>) -> ApiError {
+        Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded", message)
+    }
+    pub fn budget_exceeded(message: impl Into<String>) -> ApiError {
+        Self::new(StatusCode::TOO_MANY_REQUESTS, "budget_exceeded", message)
+    }
     pub fn upstream_error(message: impl Into<String>) -> ApiError {
         Self::new(StatusCode::BAD_GATEWAY, "upstream_error", message)
     }

@@ -23,6 +23,8 @@ pub struct Meter {
     pub row: UsageRow,
     started: Instant,
     pub price: Option<Price>,
+    /// Counters held while the request runs, settled with the real usage.
+    pub admission: Option<super::admit::Admission>,
 }
 
 impl Meter {
@@ -47,6 +49,7 @@ impl Meter {
             },
             started,
             price: None,
+            admission: None,
         }
     }
 
@@ -57,6 +60,9 @@ impl Meter {
     /// Record the row; answers its cost.
     pub fn finish(mut self, status: u16, usage: Usage) -> f64 {
         let cost = self.cost(usage);
+        if let Some(a) = self.admission.take() {
+            a.settle(usage, cost);
+        }
         self.row.status = i64::from(status);
         self.row.prompt_tokens = usage.prompt as i64;
         self.row.completion_tokens = usage.completion as i64;

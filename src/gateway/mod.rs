@@ -1,9 +1,11 @@
 //! The data plane: surfaces → authenticate → authorize → forward → meter.
 
+pub mod admit;
 pub mod cache;
 pub mod error;
 pub mod meter;
 pub mod proxy;
+pub mod selfservice;
 pub mod surface;
 
 use std::net::SocketAddr;
@@ -31,6 +33,8 @@ pub struct App {
     pub usage: UsageSink,
     pub audit: Audit,
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub counters: Arc<dyn crate::counters::Counters>,
+    pub webhook_client: reqwest::Client,
 }
 
 impl App {
@@ -54,6 +58,11 @@ impl App {
             usage,
             audit,
             trusted_proxies,
+            counters: Arc::new(crate::counters::LocalCounters::default()),
+            webhook_client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .context("building the webhook client")?,
         });
         app.reload_keys().await?;
         Ok(app)
@@ -100,7 +109,9 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .nest("/admin/v1", crate::admin::router())
-        .route("/bursar/v1/whoami", get(proxy::whoami))
+        .route("/bursar/v1/whoami", get(selfservice::whoami))
+        .route("/bursar/v1/keys", axum::routing::post(selfservice::mint_child))
+        .route("/bursar/v1/report-leak", axum::routing::post(selfservice::report_leak))
         .fallback(proxy::handle)
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(app)

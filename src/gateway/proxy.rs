@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::App;
+use super::admit::{self, Admission};
 use super::cache::{CachedKey, Lookup};
 use super::error::{ApiError, Shape};
 use super::meter::{MeteredSse, Meter, ScrubbedStream};
@@ -65,7 +66,7 @@ pub async fn handle(State(app): State<Arc<App>>, ConnectInfo(peer): ConnectInfo<
 }
 
 /// Resolve the presented credential to an active key, recording failures.
-fn authenticate(app: &App, secret: Option<&str>, ip: IpAddr) -> Result<Arc<CachedKey>, ApiError> {
+pub fn authenticate(app: &App, secret: Option<&str>, ip: IpAddr) -> Result<Arc<CachedKey>, ApiError> {
     let now = crate::util::now_ms();
     let fail = |reason: &str, target: Option<&str>, prefix: Option<String>| {
         app.audit.event(
@@ -104,6 +105,11 @@ fn authenticate(app: &App, secret: Option<&str>, ip: IpAddr) -> Result<Arc<Cache
             if k.row.expires_at.is_some_and(|e| e <= now) {
                 fail("expired", Some(&k.row.id), prefix);
                 return Err(ApiError::invalid_key("the API key has expired"));
+            }
+            // A child key dies with any ancestor.
+            if !app.keys.ancestors_alive(&k, now) {
+                fail("parent_inactive", Some(&k.row.id), prefix);
+                return Err(ApiError::invalid_key("the API key's parent key is revoked or expired"));
             }
             Ok(k)
         }
@@ -226,7 +232,7 @@ async fn serve(
     check_target(key, &provider_name, model.as_deref())?;
 
     let mut default_max_tokens = None;
-    if let Some(limit) = key.spec.max_tokens_per_request {
+    if let Some(limit) = admit::max_tokens_limit(app, key) {
         match facts.max_tokens() {
             Some(asked) if asked > limit => {
                 return Err(ApiError::blocked(format!(
@@ -239,13 +245,28 @@ async fn serve(
     }
 
     let model_name = model.clone().unwrap_or_default();
+    let price = app.prices.price(&model_name, &upstream_model);
     if let Some(m) = meter.as_mut() {
         m.row.provider = provider_name.clone();
         m.row.model = model_name.clone();
-        m.price = app.prices.price(&model_name, &upstream_model);
+        m.price = price;
     }
 
-    match route {
+    // Admit: rate, tokens, concurrency and budget along key → user → team.
+    let metered = surface::is_metered(endpoint);
+    let prompt_estimate = if metered { (body.len() / 4) as u64 } else { 0 };
+    let max_output = match endpoint {
+        "embeddings" => Some(0),
+        _ if metered => facts.max_tokens().or(default_max_tokens),
+        _ => Some(0),
+    };
+    let admission = Admission::admit(app, key, prompt_estimate, max_output, price).await?;
+    let rate_headers = admission.headers.clone();
+    if let Some(m) = meter.as_mut() {
+        m.admission = Some(admission);
+    }
+
+    let mut resp = match route {
         Route::Echo => serve_echo(surface, &body, &model_name, default_max_tokens, meter),
         Route::Upstream { provider, upstream_model } => {
             let rewrite = Rewrite {
@@ -258,7 +279,9 @@ async fn serve(
             };
             forward(app, surface, &provider, key, parts, body, endpoint, rewrite, meter).await
         }
-    }
+    }?;
+    resp.headers_mut().extend(rate_headers);
+    Ok(resp)
 }
 
 fn max_tokens_field(kind: Kind, endpoint: &str) -> &'static str {
@@ -518,44 +541,4 @@ fn models_listing(app: &App, key: &CachedKey, rest: &str, shape: Shape) -> Resul
         }),
     };
     Ok(axum::Json(body).into_response())
-}
-
-/// `GET /bursar/v1/whoami`: the calling key's scope, limits and reachable models.
-pub async fn whoami(State(app): State<Arc<App>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request) -> Response {
-    let ip = surface::client_ip(peer, req.headers(), &app.trusted_proxies);
-    let key = match authenticate(&app, surface::credential(req.headers(), req.uri().query()), ip) {
-        Ok(k) => k,
-        Err(e) => return e.render(Shape::OpenAi),
-    };
-    let spend = match app.store.get_key(&key.row.id).await {
-        Ok(Some(r)) => r.spend_usd,
-        _ => key.row.spend_usd,
-    };
-    let models: Vec<Value> = app
-        .registry
-        .known_models()
-        .into_iter()
-        .filter(|(m, p)| may_use(&key, p, m))
-        .map(|(m, p)| json!({"id": m, "provider": p, "price": app.prices.price(&m, &m).map(|pr| json!({"input_per_mtok": pr.input_per_mtok, "output_per_mtok": pr.output_per_mtok}))}))
-        .collect();
-    let s = &key.spec;
-    let budget = s.budget.as_ref().map(|b| json!({"usd": b.usd, "period": b.period, "spent_usd": spend, "remaining_usd": (b.usd - spend).max(0.0)}));
-    axum::Json(json!({
-        "id": key.row.id,
-        "name": key.row.name,
-        "prefix": key.row.prefix,
-        "user": key.row.user,
-        "team": key.row.team,
-        "purpose": key.row.purpose,
-        "environment": key.row.environment,
-        "status": "active",
-        "expires_at": key.row.expires_at.map(crate::util::rfc3339),
-        "scope": {"models": s.models, "endpoints": s.endpoints, "providers": s.providers, "ip_allow": s.ip_allow},
-        "limits": {"max_tokens_per_request": s.max_tokens_per_request, "rpm": s.rpm, "tpm": s.tpm, "max_concurrency": s.max_concurrency},
-        "budget": budget,
-        "spend_usd": spend,
-        "models": models,
-        "client_ip": ip.to_string(),
-    }))
-    .into_response()
 }

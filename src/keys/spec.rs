@@ -306,3 +306,58 @@ mod tests {
         assert_eq!(out.name.as_deref(), Some("a"));
     }
 }
+
+/// A user or team as created and patched through the admin API.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OwnerFields {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// A user's team.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_tokens_per_request: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rpm: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget: Option<Budget>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guardrails: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Map<String, Value>>,
+}
+
+impl OwnerFields {
+    pub fn validate(&self) -> Result<(), String> {
+        match &self.name {
+            None => return Err("name: required".into()),
+            Some(n) => {
+                check_str("name", &self.name)?;
+                if !n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c)) {
+                    return Err("name: only letters, digits and - _ . @".into());
+                }
+            }
+        }
+        check_str("team", &self.team)?;
+        check_str("email", &self.email)?;
+        let as_key = KeyFields {
+            name: Some("x".into()),
+            max_tokens_per_request: self.max_tokens_per_request,
+            rpm: self.rpm,
+            tpm: self.tpm,
+            max_concurrency: self.max_concurrency,
+            budget: self.budget.clone(),
+            guardrails: self.guardrails.clone(),
+            metadata: self.metadata.clone(),
+            ..Default::default()
+        };
+        as_key.validate(0).map(|_| ())
+    }
+}

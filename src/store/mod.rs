@@ -76,6 +76,20 @@ pub struct AuditRow {
     pub hash: String,
 }
 
+/// A user or team: owner of keys, with limits and budgets of its own.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OwnerRow {
+    /// `user` or `team`.
+    pub kind: String,
+    pub name: String,
+    /// A user's team.
+    pub team: Option<String>,
+    /// JSON of `crate::keys::spec::OwnerSpec`.
+    pub spec: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
 /// An audit entry before it is chained.
 #[derive(Debug, Clone)]
 pub struct AuditEntry {
@@ -154,6 +168,13 @@ pub trait Store: Send + Sync {
     async fn insert_usage(&self, rows: &[UsageRow]) -> Result<()>;
     async fn list_usage(&self, filter: &UsageFilter) -> Result<Vec<UsageRow>>;
     async fn group_usage(&self, filter: &UsageFilter, group_by: &[String]) -> Result<Vec<UsageGroup>>;
+
+    /// Settled spend since `since_ms` of a key (`key_id`), user (`user_name`) or team (`team`).
+    async fn spend_since(&self, column: &str, value: &str, since_ms: i64) -> Result<f64>;
+
+    async fn upsert_owner(&self, owner: &OwnerRow) -> Result<()>;
+    async fn get_owner(&self, kind: &str, name: &str) -> Result<Option<OwnerRow>>;
+    async fn list_owners(&self, kind: Option<&str>) -> Result<Vec<OwnerRow>>;
 
     /// Append an entry to the hash chain; answers the stored row.
     async fn append_audit(&self, entry: &AuditEntry) -> Result<AuditRow>;

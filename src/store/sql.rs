@@ -136,6 +136,17 @@ fn audit_from_row(r: &AnyRow) -> Result<AuditRow> {
     })
 }
 
+fn owner_from_row(r: &AnyRow) -> Result<OwnerRow> {
+    Ok(OwnerRow {
+        kind: r.try_get("kind")?,
+        name: r.try_get("name")?,
+        team: r.try_get("team")?,
+        spec: r.try_get("spec")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+    })
+}
+
 fn usage_where(f: &UsageFilter) -> Where {
     let mut w = Where::default();
     for (col, v) in [
@@ -510,6 +521,61 @@ impl Store for SqlStore {
             });
         }
         Ok(out)
+    }
+
+    async fn spend_since(&self, column: &str, value: &str, since_ms: i64) -> Result<f64> {
+        let col = match column {
+            "key_id" | "user_name" | "team" => column,
+            other => anyhow::bail!("spend_since: unknown column {other}"),
+        };
+        let r = sqlx::query(&format!("SELECT SUM(cost_usd) AS s FROM usage WHERE {col} = $1 AND created_at >= $2"))
+            .bind(value)
+            .bind(since_ms)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(r.try_get::<Option<f64>, _>("s")?.unwrap_or(0.0))
+    }
+
+    async fn upsert_owner(&self, o: &OwnerRow) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO owners (kind, name, team, spec, created_at, updated_at) VALUES ($1,$2,$3,$4,$5,$6) \
+             ON CONFLICT (kind, name) DO UPDATE SET team = $3, spec = $4, updated_at = $6",
+        )
+        .bind(o.kind.as_str())
+        .bind(o.name.as_str())
+        .bind(o.team.as_deref())
+        .bind(o.spec.as_str())
+        .bind(o.created_at)
+        .bind(o.updated_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn get_owner(&self, kind: &str, name: &str) -> Result<Option<OwnerRow>> {
+        let r = sqlx::query("SELECT kind, name, team, spec, created_at, updated_at FROM owners WHERE kind = $1 AND name = $2")
+            .bind(kind)
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        r.as_ref().map(owner_from_row).transpose()
+    }
+
+    async fn list_owners(&self, kind: Option<&str>) -> Result<Vec<OwnerRow>> {
+        let rows = match kind {
+            Some(k) => {
+                sqlx::query("SELECT kind, name, team, spec, created_at, updated_at FROM owners WHERE kind = $1 ORDER BY name")
+                    .bind(k)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            None => {
+                sqlx::query("SELECT kind, name, team, spec, created_at, updated_at FROM owners ORDER BY kind, name")
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        };
+        rows.iter().map(owner_from_row).collect()
     }
 
     async fn append_audit(&self, entry: &AuditEntry) -> Result<AuditRow> {

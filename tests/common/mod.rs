@@ -18,7 +18,6 @@ use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
-pub use mock_upstream::MockUpstream as Mock;
 
 /// The first admin credential (`BURSAR_ADMIN_KEY`).
 pub const ADMIN_KEY: &str = "bsra_integration_test_admin_key_0001";

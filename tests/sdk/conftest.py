@@ -12,6 +12,7 @@ Binaries: $BURSAR_BIN and $MOCK_BIN, else target/debug/{bursar,mock-upstream}
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,12 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-_TARGET = Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target")
-BURSAR_BIN = Path(os.environ.get("BURSAR_BIN") or _TARGET / "debug" / "bursar")
-MOCK_BIN = Path(os.environ.get("MOCK_BIN") or _TARGET / "debug" / "mock-upstream")
-
-from sdkutil import ADMIN_KEY, ANTHROPIC_SECRET, OPENAI_SECRET
+from sdkutil import ADMIN_KEY, ANTHROPIC_SECRET, BURSAR_BIN, MOCK_BIN, OPENAI_SECRET, clean_env
 
 START_TIMEOUT = 30.0
 USAGE_TIMEOUT = 10.0
@@ -44,15 +40,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _clean_env(**extra: str) -> dict[str, str]:
-    """The environment for a child: no BURSAR_* and no provider variables
-    leaking in from the caller's shell, plus `extra`."""
-    drop = ("BURSAR_", "OPENAI_", "ANTHROPIC_", "CO_API_KEY", "HF_TOKEN")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
-    env.update(extra)
-    return env
 
 
 def _tail(path: Path, lines: int = 60) -> str:
@@ -197,7 +184,7 @@ class Gateway:
 
 
 @pytest.fixture(scope="session")
-def gateway():
+def gateway(request):
     for b in (BURSAR_BIN, MOCK_BIN):
         if not os.access(b, os.X_OK):
             pytest.exit(f"missing binary {b}: run `cargo build --workspace --bins` (or tests/sdk/run.sh)", returncode=2)
@@ -207,7 +194,7 @@ def gateway():
         mock = _start(
             "mock-upstream",
             lambda port: [str(MOCK_BIN), "--listen", f"127.0.0.1:{port}"],
-            _clean_env(),
+            clean_env(),
             tmp,
             "/__mock/health",
         )
@@ -236,7 +223,7 @@ api_key  = "{ANTHROPIC_SECRET}"
                 "--config",
                 str(config),
             ],
-            _clean_env(BURSAR_ADMIN_KEY=ADMIN_KEY),
+            clean_env(BURSAR_ADMIN_KEY=ADMIN_KEY),
             tmp,
             "/healthz",
         )
@@ -254,6 +241,9 @@ api_key  = "{ANTHROPIC_SECRET}"
     finally:
         for p in reversed(procs):
             p.stop()
+    # Keep the logs and database of a failed run for a look; else clean up.
+    if request.session.testsfailed == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 _LOGS: list[Path] = []

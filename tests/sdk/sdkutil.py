@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+_TARGET = Path(os.environ.get("CARGO_TARGET_DIR") or ROOT / "target")
+BURSAR_BIN = Path(os.environ.get("BURSAR_BIN") or _TARGET / "debug" / "bursar")
+MOCK_BIN = Path(os.environ.get("MOCK_BIN") or _TARGET / "debug" / "mock-upstream")
 
 ADMIN_KEY = "bsra_sdk_test_admin_key_0001"
 OPENAI_SECRET = "sk-real-openai-secret-123456"
@@ -61,3 +68,12 @@ def assert_usage_row(row: dict, *, key, model: str, provider: str, endpoint: str
         want = expected_cost(model, prompt, completion)
         assert row["cost_usd"] > 0, row
         assert abs(row["cost_usd"] - want) <= max(1e-12, want * 1e-6), (row, want)
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment for a child process: no BURSAR_* and no provider
+    variables leaking in from the caller's shell, plus `extra`."""
+    drop = ("BURSAR_", "OPENAI_", "ANTHROPIC_", "CO_API_KEY", "HF_TOKEN")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+    env.update(extra)
+    return env

@@ -109,16 +109,39 @@ def test_count_tokens_matches_messages(gateway, key, model):
 @pytest.mark.parametrize("model", ["claude-sonnet-4-5", "echo"])
 def test_count_tokens_is_not_billed(gateway, key, model):
     c = client(gateway, key)
-    counted = c.messages.count_tokens(model=model, system=SYSTEM, messages=msgs("free to count"))
-    assert counted.input_tokens > 0
-    # Make sure the writer has flushed what this key did, then look.
-    c.messages.create(model="echo", max_tokens=16, messages=msgs("flush"))
+    raw = c.messages.with_raw_response.count_tokens(model=model, system=SYSTEM, messages=msgs("free to count"))
+    assert raw.parse().input_tokens > 0
+    counted_id = raw.headers["x-request-id"]
+    # A billed call after it, so the writer has surely flushed this key's rows.
+    billed = c.messages.with_raw_response.create(model="echo", max_tokens=16, messages=msgs("flush"))
+    billed_id = billed.headers["x-request-id"]
     rows = gateway.wait_usage(key.id, 1)
-    counted_rows = [r for r in rows if r["model"] == model]
+    assert billed_id in {r["request_id"] for r in rows}
+    counted_rows = [r for r in rows if r["request_id"] == counted_id]
     assert all(r["cost_usd"] == 0 for r in counted_rows), counted_rows
-    info = gateway.admin.get(f"/admin/v1/keys/{key.id}").json()
-    echo_cost = sum(r["cost_usd"] for r in rows if r["model"] == "echo")
-    assert info["spend_usd"] == pytest.approx(echo_cost, abs=1e-12)
+    spend = gateway.admin.get(f"/admin/v1/keys/{key.id}").json()["spend_usd"]
+    billed_cost = sum(r["cost_usd"] for r in rows if r["request_id"] == billed_id)
+    assert spend == pytest.approx(billed_cost, rel=1e-9, abs=1e-12)
+
+
+def test_models_list_scoped_key(gateway, new_key):
+    key = new_key(models=["claude-haiku-*", "echo"])
+    ids = [m.id for m in client(gateway, key).models.list()]
+    assert ids == ["claude-haiku-4-5"]
+
+
+@pytest.mark.xfail(
+    reason="bug: the Anthropic SDK reads `request-id` for `message._request_id`; bursar drops "
+    "the upstream's and sets only `x-request-id`, so `_request_id` is None on the Anthropic surface",
+    strict=True,
+)
+def test_request_id_reaches_the_sdk(gateway, key):
+    raw = client(gateway, key).messages.with_raw_response.create(
+        model="claude-haiku-4-5", max_tokens=16, messages=msgs("which request")
+    )
+    message = raw.parse()
+    assert message._request_id == raw.headers["x-request-id"]
+    gateway.usage_row(key.id, message._request_id)
 
 
 # ------------------------------------------------------------------- errors
@@ -128,6 +151,7 @@ def test_revoked_key_is_rejected(gateway, new_key):
     key = new_key()
     c = client(gateway, key)
     c.messages.create(model="echo", max_tokens=16, messages=msgs("still valid"))
+    gateway.wait_usage(key.id, 1)  # see test_openai.py::test_revoke_while_key_in_use
     gateway.revoke(key.id)
     with pytest.raises(anthropic.AuthenticationError) as ei:
         c.messages.create(model="echo", max_tokens=16, messages=msgs("now revoked"))
@@ -175,6 +199,26 @@ def test_upstream_500_is_server_error_without_the_real_key(gateway, key, marker)
     (up,) = gateway.upstream_requests(marker)
     assert up["headers"]["x-api-key"] == ANTHROPIC_SECRET
     assert_no_secret(e.message, e.body, e.response.text, dict(e.response.headers))
+
+
+def test_upstream_500_while_streaming(gateway, key):
+    with pytest.raises(anthropic.InternalServerError) as ei:
+        with client(gateway, key).messages.stream(
+            model="mock-error-500", max_tokens=16, messages=msgs("break")
+        ) as s:
+            s.get_final_text()
+    assert ei.value.status_code == 502
+    assert_no_secret(ei.value.message, ei.value.body, ei.value.response.text)
+
+
+def test_rpm_limit_is_rate_limit_error(gateway, new_key):
+    key = new_key(rpm=1)
+    c = client(gateway, key)
+    c.messages.create(model="echo", max_tokens=16, messages=msgs("tick"))
+    with pytest.raises(anthropic.RateLimitError) as ei:
+        c.messages.create(model="echo", max_tokens=16, messages=msgs("one too many"))
+    assert ei.value.body["error"]["type"] == "rate_limit_exceeded"
+    assert int(ei.value.response.headers["retry-after"]) >= 1
 
 
 def test_upstream_429_is_rate_limit_error(gateway, key):
