@@ -20,6 +20,7 @@
 #   NGINX_WORKERS=auto                           PORT_BASE=18900
 #   PERF=1       also record `perf record -g` of bursar during one extra chat run
 #   RESULTS=bench/results/<timestamp>            where raw outputs go
+#   BIN=target/release                           where bursar and mock-upstream are
 #
 # Everything binds 127.0.0.1, every run is bounded by DURATION, and every
 # process this script starts is stopped on exit (by its pid).
@@ -39,7 +40,7 @@ PORT_BASE=${PORT_BASE:-18900}
 PERF=${PERF:-0}
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 RESULTS=${RESULTS:-"$BENCH/results/$STAMP"}
-BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+BIN=${BIN:-"${CARGO_TARGET_DIR:-$ROOT/target}/release"}
 ADMIN_KEY="bsra_bench_admin_key_0123456789"
 HZ=$(getconf CLK_TCK)
 
@@ -329,7 +330,7 @@ sumcol() { # variant path column-name
   for v in $VARIANTS; do
     [[ " $PATHS " == *" bursar "* ]] || continue
     b=$(median "$v" bursar rps)
-    line="$v: bursar throughput = $(awk -v b="$b" -v d="$(median "$v" direct rps)" 'BEGIN{printf "%.1f%%", d > 0 ? 100*b/d : 0}') of direct"
+    line="$v: bursar throughput = $(awk -v b="$b" -v d="$(median "$v" direct rps)" 'BEGIN{printf "%.1f%%", (d > 0 ? 100*b/d : 0)}') of direct"
     if [[ " $PATHS " == *" nginx "* ]]; then
       line+=$(awk -v b="$b" -v n="$(median "$v" nginx rps)" \
         -v b50="$(median "$v" bursar p50_us)" -v n50="$(median "$v" nginx p50_us)" \

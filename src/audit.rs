@@ -42,13 +42,31 @@ impl Audit {
     }
 
     /// Record an admin action and wait until it is stored.
-    pub async fn record(&self, actor: &str, action: &str, target: Option<&str>, ip: Option<String>, detail: Value) -> Result<AuditRow> {
+    pub async fn record(
+        &self,
+        actor: &str,
+        action: &str,
+        target: Option<&str>,
+        ip: Option<String>,
+        detail: Value,
+    ) -> Result<AuditRow> {
         self.append(entry(actor, action, target, ip, detail)).await
     }
 
     /// Record a security event without waiting (request path).
-    pub fn event(&self, actor: &str, action: &str, target: Option<&str>, ip: Option<String>, detail: Value) {
-        if self.tx.try_send(entry(actor, action, target, ip, detail)).is_err() {
+    pub fn event(
+        &self,
+        actor: &str,
+        action: &str,
+        target: Option<&str>,
+        ip: Option<String>,
+        detail: Value,
+    ) {
+        if self
+            .tx
+            .try_send(entry(actor, action, target, ip, detail))
+            .is_err()
+        {
             tracing::warn!(action, "audit queue full; security event dropped");
         }
     }
@@ -65,7 +83,13 @@ impl Audit {
     }
 }
 
-fn entry(actor: &str, action: &str, target: Option<&str>, ip: Option<String>, detail: Value) -> AuditEntry {
+fn entry(
+    actor: &str,
+    action: &str,
+    target: Option<&str>,
+    ip: Option<String>,
+    detail: Value,
+) -> AuditEntry {
     AuditEntry {
         ts: crate::util::now_ms(),
         actor: actor.to_string(),

@@ -182,17 +182,17 @@ impl Config {
         if let Some(path) = path {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("config: cannot read {path}"))?;
-            let mut table: toml::Value =
-                toml::from_str(&text).with_context(|| format!("config: {path} is not valid TOML"))?;
+            let mut table: toml::Value = toml::from_str(&text)
+                .with_context(|| format!("config: {path} is not valid TOML"))?;
             interpolate_value(&mut table);
             figment = figment.merge(Serialized::defaults(table));
             from_file = true;
         }
-        figment = figment.merge(
-            Env::prefixed("BURSAR_")
-                .split("__")
-                .filter(|k| !NOT_CONFIG.iter().any(|n| k.as_str().eq_ignore_ascii_case(n))),
-        );
+        figment = figment.merge(Env::prefixed("BURSAR_").split("__").filter(|k| {
+            !NOT_CONFIG
+                .iter()
+                .any(|n| k.as_str().eq_ignore_ascii_case(n))
+        }));
         let mut config: Config = figment
             .extract()
             .map_err(|e| anyhow::anyhow!("config: {e}"))?;
@@ -219,27 +219,51 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<()> {
-        self.listen
-            .parse::<SocketAddr>()
-            .with_context(|| format!("config: listen: '{}' is not an address like 127.0.0.1:8000", self.listen))?;
-        if !(self.database.starts_with("sqlite:") || self.database.starts_with("postgres://") || self.database.starts_with("postgresql://")) {
-            bail!("config: database: '{}' must start with sqlite: or postgres://", self.database);
+        self.listen.parse::<SocketAddr>().with_context(|| {
+            format!(
+                "config: listen: '{}' is not an address like 127.0.0.1:8000",
+                self.listen
+            )
+        })?;
+        if !(self.database.starts_with("sqlite:")
+            || self.database.starts_with("postgres://")
+            || self.database.starts_with("postgresql://"))
+        {
+            bail!(
+                "config: database: '{}' must start with sqlite: or postgres://",
+                self.database
+            );
         }
         if self.max_body_bytes == 0 {
             bail!("config: max_body_bytes: must be greater than 0");
         }
         for (i, cidr) in self.trusted_proxies.iter().enumerate() {
-            parse_cidr(cidr).with_context(|| format!("config: trusted_proxies[{i}]: '{cidr}' is not a CIDR"))?;
+            parse_cidr(cidr)
+                .with_context(|| format!("config: trusted_proxies[{i}]: '{cidr}' is not a CIDR"))?;
         }
         for (name, p) in &self.providers {
             if name == "echo" {
-                bail!("config: providers.echo: the name 'echo' is reserved for the built-in provider");
+                bail!(
+                    "config: providers.echo: the name 'echo' is reserved for the built-in provider"
+                );
             }
-            if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') || name.is_empty() {
-                bail!("config: providers.{name}: a provider name may hold only letters, digits, '-' and '_'");
+            if !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                || name.is_empty()
+            {
+                bail!(
+                    "config: providers.{name}: a provider name may hold only letters, digits, '-' and '_'"
+                );
             }
-            if ["v1", "admin", "bursar", "healthz", "readyz", "metrics", "console"].contains(&name.as_str()) {
-                bail!("config: providers.{name}: '{name}' is a reserved path and cannot name a provider");
+            if [
+                "v1", "admin", "bursar", "healthz", "readyz", "metrics", "console",
+            ]
+            .contains(&name.as_str())
+            {
+                bail!(
+                    "config: providers.{name}: '{name}' is a reserved path and cannot name a provider"
+                );
             }
             let kind = p.kind.clone().unwrap_or_else(|| name.clone());
             if !PROVIDER_KINDS.contains(&kind.as_str()) || kind == "echo" {
@@ -249,12 +273,18 @@ impl Config {
             }
             let base = self.base_url(name, p);
             match base {
-                None => bail!("config: providers.{name}.base_url: required for a provider that is not a built-in one"),
+                None => bail!(
+                    "config: providers.{name}.base_url: required for a provider that is not a built-in one"
+                ),
                 Some(b) => {
                     reqwest::Url::parse(&b)
                         .ok()
                         .filter(|u| u.scheme() == "http" || u.scheme() == "https")
-                        .with_context(|| format!("config: providers.{name}.base_url: '{b}' is not an http(s) URL"))?;
+                        .with_context(|| {
+                            format!(
+                                "config: providers.{name}.base_url: '{b}' is not an http(s) URL"
+                            )
+                        })?;
                 }
             }
         }
@@ -270,10 +300,17 @@ impl Config {
                 bail!(
                     "config: models[{i}].provider: '{}' is not a configured provider (have: {})",
                     m.provider,
-                    self.providers.keys().cloned().collect::<Vec<_>>().join(", ")
+                    self.providers
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 );
             }
-            for (field, v) in [("input_per_mtok", m.input_per_mtok), ("output_per_mtok", m.output_per_mtok)] {
+            for (field, v) in [
+                ("input_per_mtok", m.input_per_mtok),
+                ("output_per_mtok", m.output_per_mtok),
+            ] {
                 if let Some(v) = v
                     && !(v.is_finite() && v >= 0.0)
                 {
@@ -285,7 +322,8 @@ impl Config {
             bail!("config: alerts.budget_threshold: must be between 0 and 1");
         }
         if let Some(u) = self.alerts.webhook_url.as_deref().filter(|u| !u.is_empty()) {
-            reqwest::Url::parse(u).with_context(|| format!("config: alerts.webhook_url: '{u}' is not a URL"))?;
+            reqwest::Url::parse(u)
+                .with_context(|| format!("config: alerts.webhook_url: '{u}' is not a URL"))?;
         }
         if let Some(f) = &self.log_format
             && f != "text"
@@ -299,9 +337,14 @@ impl Config {
     /// The effective base URL of a provider entry.
     pub fn base_url(&self, name: &str, p: &ProviderConfig) -> Option<String> {
         let kind = p.kind.clone().unwrap_or_else(|| name.to_string());
+        // Only the built-in entries (named after their kind) have a default URL.
         p.base_url
             .clone()
-            .or_else(|| builtin_provider(&kind).map(|(u, _)| u.to_string()))
+            .or_else(|| {
+                (kind == name)
+                    .then(|| builtin_provider(&kind).map(|(u, _)| u.to_string()))
+                    .flatten()
+            })
             .map(|u| u.trim_end_matches('/').to_string())
     }
 }
@@ -338,13 +381,46 @@ mod tests {
         c.listen = "nope".into();
         assert!(c.validate().unwrap_err().to_string().contains("listen"));
         let mut c = base();
-        c.providers.insert("x".into(), ProviderConfig { kind: Some("weird".into()), ..Default::default() });
-        assert!(c.validate().unwrap_err().to_string().contains("providers.x.kind"));
+        c.providers.insert(
+            "x".into(),
+            ProviderConfig {
+                kind: Some("weird".into()),
+                ..Default::default()
+            },
+        );
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("providers.x.kind")
+        );
         let mut c = base();
-        c.models.push(ModelConfig { name: "m".into(), provider: "nope".into(), model: None, input_per_mtok: None, output_per_mtok: None });
-        assert!(c.validate().unwrap_err().to_string().contains("models[0].provider"));
+        c.models.push(ModelConfig {
+            name: "m".into(),
+            provider: "nope".into(),
+            model: None,
+            input_per_mtok: None,
+            output_per_mtok: None,
+        });
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("models[0].provider")
+        );
         let mut c = base();
-        c.providers.insert("onprem".into(), ProviderConfig { kind: Some("openai".into()), ..Default::default() });
-        assert!(c.validate().unwrap_err().to_string().contains("providers.onprem.base_url"));
+        c.providers.insert(
+            "onprem".into(),
+            ProviderConfig {
+                kind: Some("openai".into()),
+                ..Default::default()
+            },
+        );
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("providers.onprem.base_url")
+        );
     }
 }

@@ -20,9 +20,15 @@ fn sent_upstream(mock: &MockUpstream, path: &str, marker: &str) -> mock_upstream
 
 /// The real OpenAI key went upstream as the only credential; the virtual key did not.
 fn assert_openai_credentials(r: &mock_upstream::RecordedRequest, real: &str) {
-    assert_eq!(header_values(r, "authorization"), vec![format!("Bearer {real}").as_str()]);
+    assert_eq!(
+        header_values(r, "authorization"),
+        vec![format!("Bearer {real}").as_str()]
+    );
     for (k, v) in &r.headers {
-        assert!(!v.contains("bsr_"), "the virtual key went upstream in {k}: {v}");
+        assert!(
+            !v.contains("bsr_"),
+            "the virtual key went upstream in {k}: {v}"
+        );
     }
     assert!(header_values(r, "x-api-key").is_empty());
 }
@@ -31,13 +37,18 @@ fn assert_openai_credentials(r: &mock_upstream::RecordedRequest, real: &str) {
 async fn openai_chat_non_stream() {
     let mock = MockUpstream::start().await;
     let gw = Gateway::start(&mock).await;
-    let (key_id, secret) = gw.create_key(json!({"name": "chat", "user": "alice", "team": "t1", "purpose": "p1"})).await;
+    let (key_id, secret) = gw
+        .create_key(json!({"name": "chat", "user": "alice", "team": "t1", "purpose": "p1"}))
+        .await;
 
     let text = "chat marker alpha";
     let (status, headers, body) = gw.chat(&secret, "gpt-4o-mini", text).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["object"], "chat.completion");
-    assert_eq!(body["choices"][0]["message"]["content"], format!("mock: {text}"));
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        format!("mock: {text}")
+    );
     let (p, c) = mock_chat_tokens(text);
     assert_eq!(body["usage"]["prompt_tokens"], p);
     assert_eq!(body["usage"]["completion_tokens"], c);
@@ -65,7 +76,10 @@ async fn openai_chat_non_stream() {
     assert_eq!(row["completion_tokens"], c);
     let expected = (p as f64 * 0.15 + c as f64 * 0.60) / 1e6;
     assert_close(row["cost_usd"].as_f64().unwrap(), expected, "cost_usd");
-    assert!((cost - expected).abs() < 1e-8, "header {cost} vs {expected}");
+    assert!(
+        (cost - expected).abs() < 1e-8,
+        "header {cost} vs {expected}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -175,19 +189,33 @@ async fn openai_embeddings_and_responses() {
     assert_eq!(row["model"], "text-embedding-3-small");
     assert_eq!(row["prompt_tokens"], 5);
     assert_eq!(row["completion_tokens"], 0);
-    assert_close(row["cost_usd"].as_f64().unwrap(), 5.0 * 0.02 / 1e6, "embedding cost");
+    assert_close(
+        row["cost_usd"].as_f64().unwrap(),
+        5.0 * 0.02 / 1e6,
+        "embedding cost",
+    );
     assert!(cost_header(&headers).is_some());
-    assert_openai_credentials(&sent_upstream(&mock, "/v1/embeddings", "one two three"), OPENAI_KEY);
+    assert_openai_credentials(
+        &sent_upstream(&mock, "/v1/embeddings", "one two three"),
+        OPENAI_KEY,
+    );
 
     // Responses, plain.
     let resp = gw
-        .post("/v1/responses", &secret, &json!({"model": "gpt-4o-mini", "input": "responses marker here"}))
+        .post(
+            "/v1/responses",
+            &secret,
+            &json!({"model": "gpt-4o-mini", "input": "responses marker here"}),
+        )
         .await;
     assert_eq!(resp.status(), 200);
     let headers = resp.headers().clone();
     let body = body_json(resp).await;
     assert_eq!(body["object"], "response");
-    assert_eq!(body["output"][0]["content"][0]["text"], "mock: responses marker here");
+    assert_eq!(
+        body["output"][0]["content"][0]["text"],
+        "mock: responses marker here"
+    );
     let row = gw.wait_usage(&request_id(&headers)).await;
     assert_eq!(row["endpoint"], "responses");
     assert_eq!(row["prompt_tokens"], 3 + 7);
@@ -226,7 +254,13 @@ async fn models_lists_only_what_the_key_may_use() {
     let list = |key: String| {
         let gw = &gw;
         async move {
-            let resp = gw.http.get(gw.url("/v1/models")).bearer_auth(key).send().await.unwrap();
+            let resp = gw
+                .http
+                .get(gw.url("/v1/models"))
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap();
             assert_eq!(resp.status(), 200);
             body_json(resp).await
         }
@@ -234,8 +268,17 @@ async fn models_lists_only_what_the_key_may_use() {
 
     let (_, open) = gw.open_key().await;
     let all = ids(&list(open).await);
-    for m in ["echo", "summarizer", "gpt-4o-mini", "gpt-4o", "claude-sonnet-4-5"] {
-        assert!(all.iter().any(|x| x == m), "an open key does not see {m}: {all:?}");
+    for m in [
+        "echo",
+        "summarizer",
+        "gpt-4o-mini",
+        "gpt-4o",
+        "claude-sonnet-4-5",
+    ] {
+        assert!(
+            all.iter().any(|x| x == m),
+            "an open key does not see {m}: {all:?}"
+        );
     }
 
     let (_, narrow) = gw
@@ -245,10 +288,15 @@ async fn models_lists_only_what_the_key_may_use() {
     assert!(seen.iter().any(|m| m == "gpt-4o-mini"), "{seen:?}");
     assert!(seen.iter().any(|m| m.starts_with("claude-")), "{seen:?}");
     for m in &seen {
-        assert!(m == "gpt-4o-mini" || m.starts_with("claude-"), "a narrow key sees {m}: {seen:?}");
+        assert!(
+            m == "gpt-4o-mini" || m.starts_with("claude-"),
+            "a narrow key sees {m}: {seen:?}"
+        );
     }
 
-    let (_, onprem_only) = gw.create_key(json!({"name": "onprem", "providers": ["onprem"]})).await;
+    let (_, onprem_only) = gw
+        .create_key(json!({"name": "onprem", "providers": ["onprem"]}))
+        .await;
     assert_eq!(ids(&list(onprem_only).await), ["summarizer"]);
 
     // One model by id: allowed or 404.
@@ -261,7 +309,13 @@ async fn models_lists_only_what_the_key_may_use() {
         .unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(body_json(resp).await["id"], "gpt-4o-mini");
-    let resp = gw.http.get(gw.url("/v1/models/gpt-4o")).bearer_auth(&narrow).send().await.unwrap();
+    let resp = gw
+        .http
+        .get(gw.url("/v1/models/gpt-4o"))
+        .bearer_auth(&narrow)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 404);
 
     let resp = gw.http.get(gw.url("/v1/models")).send().await.unwrap();
@@ -277,7 +331,10 @@ async fn model_alias_reaches_its_provider_with_the_upstream_name() {
     let text = "alias marker delta";
     let (status, headers, body) = gw.chat(&secret, "summarizer", text).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["choices"][0]["message"]["content"], format!("mock: {text}"));
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        format!("mock: {text}")
+    );
     let up = sent_upstream(&mock, "/v1/chat/completions", "alias marker delta");
     assert_eq!(up.json().unwrap()["model"], "llama3.1:8b");
     assert_openai_credentials(&up, ONPREM_KEY);
@@ -288,7 +345,11 @@ async fn model_alias_reaches_its_provider_with_the_upstream_name() {
     assert_eq!(row["model"], "summarizer");
     assert_eq!(row["prompt_tokens"], p);
     assert_eq!(row["completion_tokens"], c);
-    assert_close(row["cost_usd"].as_f64().unwrap(), (p + c) as f64 / 1e6, "configured price");
+    assert_close(
+        row["cost_usd"].as_f64().unwrap(),
+        (p + c) as f64 / 1e6,
+        "configured price",
+    );
 
     // `provider/model` on the OpenAI surface routes to that entry.
     let (status, headers, body) = gw.chat(&secret, "onprem/qwen2", "prefixed marker").await;
@@ -316,7 +377,10 @@ async fn native_openai_path() {
     assert_eq!(resp.status(), 200);
     let headers = resp.headers().clone();
     let body = body_json(resp).await;
-    assert_eq!(body["choices"][0]["message"]["content"], "mock: native marker");
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "mock: native marker"
+    );
     let up = sent_upstream(&mock, "/v1/chat/completions", "native marker");
     assert_openai_credentials(&up, OPENAI_KEY);
     let row = gw.wait_usage(&request_id(&headers)).await;
@@ -325,10 +389,23 @@ async fn native_openai_path() {
     assert_eq!(row["prompt_tokens"], 2 + 7);
 
     // A non-metered path passes through too (model listing of the provider).
-    let resp = gw.http.get(gw.url("/openai/v1/models")).bearer_auth(&secret).send().await.unwrap();
+    let resp = gw
+        .http
+        .get(gw.url("/openai/v1/models"))
+        .bearer_auth(&secret)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     let body = body_json(resp).await;
-    assert!(body["data"].as_array().unwrap().iter().any(|m| m["id"] == "gpt-4o-mini"), "{body}");
+    assert!(
+        body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == "gpt-4o-mini"),
+        "{body}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -346,7 +423,11 @@ async fn anthropic_messages_plain_and_stream() {
 
     // Plain, with the client's anthropic-version.
     let resp = gw
-        .post_anthropic("/anthropic/v1/messages", &secret, &body("anthropic plain marker", false))
+        .post_anthropic(
+            "/anthropic/v1/messages",
+            &secret,
+            &body("anthropic plain marker", false),
+        )
         .await;
     assert_eq!(resp.status(), 200);
     let headers = resp.headers().clone();
@@ -367,7 +448,11 @@ async fn anthropic_messages_plain_and_stream() {
     assert_eq!(row["endpoint"], "messages");
     assert_eq!(row["prompt_tokens"], p);
     assert_eq!(row["completion_tokens"], c);
-    assert_close(row["cost_usd"].as_f64().unwrap(), (p as f64 * 1.0 + c as f64 * 5.0) / 1e6, "claude cost");
+    assert_close(
+        row["cost_usd"].as_f64().unwrap(),
+        (p as f64 * 1.0 + c as f64 * 5.0) / 1e6,
+        "claude cost",
+    );
     let cost = cost_header(&headers).expect("cost header");
     assert!((cost - row["cost_usd"].as_f64().unwrap()).abs() < 1e-8);
 
@@ -387,7 +472,11 @@ async fn anthropic_messages_plain_and_stream() {
 
     // Streamed.
     let resp = gw
-        .post_anthropic("/anthropic/v1/messages", &secret, &body("anthropic stream marker", true))
+        .post_anthropic(
+            "/anthropic/v1/messages",
+            &secret,
+            &body("anthropic stream marker", true),
+        )
         .await;
     assert_eq!(resp.status(), 200);
     let rid = request_id(resp.headers());
@@ -396,13 +485,19 @@ async fn anthropic_messages_plain_and_stream() {
     assert_eq!(sse.first().unwrap().0.as_deref(), Some("message_start"));
     assert_eq!(sse.last().unwrap().0.as_deref(), Some("message_stop"));
     let events = sse_json(&raw);
-    assert_eq!(anthropic_stream_text(&events), "mock: anthropic stream marker");
+    assert_eq!(
+        anthropic_stream_text(&events),
+        "mock: anthropic stream marker"
+    );
     let row = gw.wait_usage(&rid).await;
     assert_eq!(row["status"], 200);
     assert_eq!(row["prompt_tokens"], p);
     assert_eq!(row["completion_tokens"], c);
 
-    assert!(!mock_text(&mock).contains("bsr_"), "a virtual key went upstream");
+    assert!(
+        !mock_text(&mock).contains("bsr_"),
+        "a virtual key went upstream"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -411,8 +506,15 @@ async fn anthropic_errors_are_anthropic_shaped() {
     let gw = Gateway::start(&mock).await;
     let msg = json!({"model": "claude-haiku-4-5", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]});
 
-    for cred in [None, Some("bsr_not_a_key"), Some("sk-ant-something-else-entirely")] {
-        let mut rb = gw.http.post(gw.url("/anthropic/v1/messages")).header("anthropic-version", "2023-06-01");
+    for cred in [
+        None,
+        Some("bsr_not_a_key"),
+        Some("sk-ant-something-else-entirely"),
+    ] {
+        let mut rb = gw
+            .http
+            .post(gw.url("/anthropic/v1/messages"))
+            .header("anthropic-version", "2023-06-01");
         if let Some(c) = cred {
             rb = rb.header("x-api-key", c);
         }
@@ -426,8 +528,12 @@ async fn anthropic_errors_are_anthropic_shaped() {
     }
 
     // Scope refusals too.
-    let (_, secret) = gw.create_key(json!({"name": "gpt-only", "models": ["gpt-4o-mini"]})).await;
-    let resp = gw.post_anthropic("/anthropic/v1/messages", &secret, &msg).await;
+    let (_, secret) = gw
+        .create_key(json!({"name": "gpt-only", "models": ["gpt-4o-mini"]}))
+        .await;
+    let resp = gw
+        .post_anthropic("/anthropic/v1/messages", &secret, &msg)
+        .await;
     assert_eq!(resp.status(), 403);
     let body = body_json(resp).await;
     assert_eq!(body["type"], "error", "{body}");
@@ -594,5 +700,8 @@ async fn streaming_is_not_buffered() {
         "the first chunk came at {first:?}, the end at {ended_at:?}: the stream was buffered"
     );
     let text = String::from_utf8(text).unwrap();
-    assert_eq!(chat_stream_text(&sse_json(&text)), "mock: one two three four five six");
+    assert_eq!(
+        chat_stream_text(&sse_json(&text)),
+        "mock: one two three four five six"
+    );
 }

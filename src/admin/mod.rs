@@ -24,7 +24,10 @@ const OPENAPI: &str = include_str!("openapi.json");
 
 pub fn router() -> Router<Arc<App>> {
     Router::new()
-        .route("/openapi.json", get(|| async { ([("content-type", "application/json")], OPENAPI) }))
+        .route(
+            "/openapi.json",
+            get(|| async { ([("content-type", "application/json")], OPENAPI) }),
+        )
         .route("/keys", post(create_key).get(list_keys))
         .route("/keys/{id}", get(show_key).patch(update_key))
         .route("/keys/{id}/revoke", post(revoke_key))
@@ -94,21 +97,31 @@ pub struct Admin {
 impl FromRequestParts<Arc<App>> for Admin {
     type Rejection = AdminError;
 
-    async fn from_request_parts(parts: &mut Parts, app: &Arc<App>) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        app: &Arc<App>,
+    ) -> Result<Self, Self::Rejection> {
         let peer = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|c| c.0)
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
-        let ip = crate::gateway::surface::client_ip(peer, &parts.headers, &app.trusted_proxies).to_string();
+        let ip = crate::gateway::surface::client_ip(peer, &parts.headers, &app.trusted_proxies)
+            .to_string();
         let secret = parts
             .headers
             .get("authorization")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
             .map(str::trim);
         match secret.and_then(|s| app.keys.admin(s)) {
-            Some(prefix) => Ok(Admin { actor: format!("admin:{prefix}"), ip }),
+            Some(prefix) => Ok(Admin {
+                actor: format!("admin:{prefix}"),
+                ip,
+            }),
             None => {
                 app.audit.event(
                     "anonymous",
@@ -117,7 +130,10 @@ impl FromRequestParts<Arc<App>> for Admin {
                     Some(ip),
                     json!({"reason": if secret.is_some() { "unknown admin key" } else { "missing admin key" }}),
                 );
-                Err(ApiError::invalid_key("admin routes need 'Authorization: Bearer <admin key>'").into())
+                Err(
+                    ApiError::invalid_key("admin routes need 'Authorization: Bearer <admin key>'")
+                        .into(),
+                )
             }
         }
     }
@@ -132,7 +148,9 @@ fn parse_limit(q: &HashMap<String, String>, default: i64, max: i64) -> Result<i6
         None => Ok(default),
         Some(s) => match s.parse::<i64>() {
             Ok(n) if (1..=max).contains(&n) => Ok(n),
-            _ => Err(bad(format!("limit: must be a whole number from 1 to {max}"))),
+            _ => Err(bad(format!(
+                "limit: must be a whole number from 1 to {max}"
+            ))),
         },
     }
 }
@@ -140,9 +158,11 @@ fn parse_limit(q: &HashMap<String, String>, default: i64, max: i64) -> Result<i6
 fn parse_when(q: &HashMap<String, String>, field: &str) -> Result<Option<i64>, AdminError> {
     match q.get(field).filter(|s| !s.is_empty()) {
         None => Ok(None),
-        Some(s) => parse_time(s, now_ms())
-            .map(Some)
-            .ok_or_else(|| bad(format!("{field}: '{s}' is not a time (RFC 3339, YYYY-MM-DD, or a span like 7d)"))),
+        Some(s) => parse_time(s, now_ms()).map(Some).ok_or_else(|| {
+            bad(format!(
+                "{field}: '{s}' is not a time (RFC 3339, YYYY-MM-DD, or a span like 7d)"
+            ))
+        }),
     }
 }
 
@@ -259,7 +279,13 @@ async fn create_key(State(app): State<Arc<App>>, admin: Admin, Body(body): Body)
     };
     app.store.insert_key(&row).await?;
     app.audit
-        .record(&admin.actor, "key.create", Some(&row.id), Some(admin.ip), json!({"name": row.name, "prefix": row.prefix, "user": row.user, "team": row.team}))
+        .record(
+            &admin.actor,
+            "key.create",
+            Some(&row.id),
+            Some(admin.ip),
+            json!({"name": row.name, "prefix": row.prefix, "user": row.user, "team": row.team}),
+        )
         .await?;
     changed(&app).await?;
     let mut view = key_view(&row);
@@ -269,7 +295,11 @@ async fn create_key(State(app): State<Arc<App>>, admin: Admin, Body(body): Body)
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
 
-async fn list_keys(State(app): State<Arc<App>>, _admin: Admin, Query(q): Query<HashMap<String, String>>) -> AdminResult {
+async fn list_keys(
+    State(app): State<Arc<App>>,
+    _admin: Admin,
+    Query(q): Query<HashMap<String, String>>,
+) -> AdminResult {
     let limit = parse_limit(&q, 100, 1000)?;
     if let Some(s) = q.get("status")
         && !["active", "revoked", "expired"].contains(&s.as_str())
@@ -301,12 +331,21 @@ async fn load(app: &App, id: &str) -> Result<KeyRow, AdminError> {
         .ok_or_else(|| ApiError::not_found(format!("no key with id '{id}'")).into())
 }
 
-async fn show_key(State(app): State<Arc<App>>, _admin: Admin, Path(id): Path<String>) -> AdminResult {
+async fn show_key(
+    State(app): State<Arc<App>>,
+    _admin: Admin,
+    Path(id): Path<String>,
+) -> AdminResult {
     let row = load(&app, &id).await?;
     Ok(Json(key_view(&row)).into_response())
 }
 
-async fn update_key(State(app): State<Arc<App>>, admin: Admin, Path(id): Path<String>, Body(body): Body) -> AdminResult {
+async fn update_key(
+    State(app): State<Arc<App>>,
+    admin: Admin,
+    Path(id): Path<String>,
+    Body(body): Body,
+) -> AdminResult {
     let patch: Map<String, Value> = match body {
         Value::Object(m) => m,
         _ => return Err(bad("the body must be a JSON object")),
@@ -336,18 +375,34 @@ async fn update_key(State(app): State<Arc<App>>, admin: Admin, Path(id): Path<St
     app.store.update_key(&row).await?;
     let changed_fields: Vec<&String> = patch.keys().collect();
     app.audit
-        .record(&admin.actor, "key.update", Some(&row.id), Some(admin.ip), json!({"fields": changed_fields}))
+        .record(
+            &admin.actor,
+            "key.update",
+            Some(&row.id),
+            Some(admin.ip),
+            json!({"fields": changed_fields}),
+        )
         .await?;
     changed(&app).await?;
     let row = load(&app, &id).await?;
     Ok(Json(key_view(&row)).into_response())
 }
 
-async fn revoke_key(State(app): State<Arc<App>>, admin: Admin, Path(id): Path<String>) -> AdminResult {
+async fn revoke_key(
+    State(app): State<Arc<App>>,
+    admin: Admin,
+    Path(id): Path<String>,
+) -> AdminResult {
     load(&app, &id).await?;
     let revoked = app.store.revoke_cascade(&id, now_ms()).await?;
     app.audit
-        .record(&admin.actor, "key.revoke", Some(&id), Some(admin.ip), json!({"revoked": revoked}))
+        .record(
+            &admin.actor,
+            "key.revoke",
+            Some(&id),
+            Some(admin.ip),
+            json!({"revoked": revoked}),
+        )
         .await?;
     changed(&app).await?;
     let row = load(&app, &id).await?;
@@ -358,17 +413,29 @@ async fn revoke_key(State(app): State<Arc<App>>, admin: Admin, Path(id): Path<St
     Ok(Json(view).into_response())
 }
 
-async fn rotate_key(State(app): State<Arc<App>>, admin: Admin, Path(id): Path<String>, Body(body): Body) -> AdminResult {
+async fn rotate_key(
+    State(app): State<Arc<App>>,
+    admin: Admin,
+    Path(id): Path<String>,
+    Body(body): Body,
+) -> AdminResult {
     let grace = match body.get("grace_seconds") {
         None | Some(Value::Null) => 0,
         Some(v) => match v.as_i64() {
             Some(n) if (0..=30 * 86_400).contains(&n) => n,
-            _ => return Err(bad("grace_seconds: must be a whole number from 0 to 2592000 (30 days)")),
+            _ => {
+                return Err(bad(
+                    "grace_seconds: must be a whole number from 0 to 2592000 (30 days)",
+                ));
+            }
         },
     };
     let mut row = load(&app, &id).await?;
     if status_of(&row, now_ms()) != "active" {
-        return Err(bad(format!("this key is {} and cannot be rotated", status_of(&row, now_ms()))));
+        return Err(bad(format!(
+            "this key is {} and cannot be rotated",
+            status_of(&row, now_ms())
+        )));
     }
     let now = now_ms();
     let secret = keys::generate(keys::KEY_PREFIX);
@@ -384,7 +451,13 @@ async fn rotate_key(State(app): State<Arc<App>>, admin: Admin, Path(id): Path<St
     row.updated_at = now;
     app.store.update_key(&row).await?;
     app.audit
-        .record(&admin.actor, "key.rotate", Some(&id), Some(admin.ip), json!({"grace_seconds": grace, "prefix": row.prefix}))
+        .record(
+            &admin.actor,
+            "key.rotate",
+            Some(&id),
+            Some(admin.ip),
+            json!({"grace_seconds": grace, "prefix": row.prefix}),
+        )
         .await?;
     changed(&app).await?;
     let mut view = key_view(&row);
@@ -394,7 +467,11 @@ async fn rotate_key(State(app): State<Arc<App>>, admin: Admin, Path(id): Path<St
     Ok(Json(view).into_response())
 }
 
-async fn usage(State(app): State<Arc<App>>, _admin: Admin, Query(q): Query<HashMap<String, String>>) -> AdminResult {
+async fn usage(
+    State(app): State<Arc<App>>,
+    _admin: Admin,
+    Query(q): Query<HashMap<String, String>>,
+) -> AdminResult {
     let limit = parse_limit(&q, 100, 10_000)?;
     let filter = UsageFilter {
         key_id: q.get("key_id").cloned(),
@@ -408,10 +485,17 @@ async fn usage(State(app): State<Arc<App>>, _admin: Admin, Query(q): Query<HashM
         cursor: q.get("cursor").cloned(),
     };
     if let Some(g) = q.get("group_by").filter(|g| !g.is_empty()) {
-        let cols: Vec<String> = g.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+        let cols: Vec<String> = g
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
         for c in &cols {
             if !GROUP_COLUMNS.contains(&c.as_str()) {
-                return Err(bad(format!("group_by: unknown column '{c}' (use {})", GROUP_COLUMNS.join(", "))));
+                return Err(bad(format!(
+                    "group_by: unknown column '{c}' (use {})",
+                    GROUP_COLUMNS.join(", ")
+                )));
             }
         }
         let groups = app.store.group_usage(&filter, &cols).await?;
@@ -452,15 +536,27 @@ async fn usage(State(app): State<Arc<App>>, _admin: Admin, Query(q): Query<HashM
     Ok(Json(json!({"data": data, "next_cursor": next})).into_response())
 }
 
-async fn audit(State(app): State<Arc<App>>, _admin: Admin, Query(q): Query<HashMap<String, String>>) -> AdminResult {
+async fn audit(
+    State(app): State<Arc<App>>,
+    _admin: Admin,
+    Query(q): Query<HashMap<String, String>>,
+) -> AdminResult {
     let limit = parse_limit(&q, 100, 1000)?;
     let cursor = match q.get("cursor") {
         None => None,
-        Some(c) => Some(c.parse::<i64>().map_err(|_| bad("cursor: not a cursor from a previous answer"))?),
+        Some(c) => Some(
+            c.parse::<i64>()
+                .map_err(|_| bad("cursor: not a cursor from a previous answer"))?,
+        ),
     };
     let mut rows = app
         .store
-        .list_audit(parse_when(&q, "since")?, parse_when(&q, "until")?, limit + 1, cursor)
+        .list_audit(
+            parse_when(&q, "since")?,
+            parse_when(&q, "until")?,
+            limit + 1,
+            cursor,
+        )
         .await?;
     let next = if rows.len() as i64 > limit {
         rows.truncate(limit as usize);
@@ -505,9 +601,17 @@ fn owner_view(o: &OwnerRow) -> Value {
 async fn owner_view_with_spend(app: &App, o: &OwnerRow) -> Result<Value, AdminError> {
     let mut v = owner_view(o);
     let fields: OwnerFields = serde_json::from_str(&o.spec).unwrap_or_default();
-    let column = if o.kind == "user" { "user_name" } else { "team" };
+    let column = if o.kind == "user" {
+        "user_name"
+    } else {
+        "team"
+    };
     let now = now_ms();
-    let period = fields.budget.as_ref().map(|b| b.period.clone()).unwrap_or_else(|| "total".into());
+    let period = fields
+        .budget
+        .as_ref()
+        .map(|b| b.period.clone())
+        .unwrap_or_else(|| "total".into());
     let since = crate::counters::period_start(&period, now);
     let spent = app.store.spend_since(column, &o.name, since).await?;
     if let Some(m) = v.as_object_mut() {
@@ -550,7 +654,13 @@ async fn create_owner(app: &App, admin: Admin, kind: &str, body: Value) -> Admin
     };
     app.store.upsert_owner(&row).await?;
     app.audit
-        .record(&admin.actor, &format!("{kind}.create"), Some(&name), Some(admin.ip), json!({"fields": serde_json::to_value(&fields).unwrap_or(Value::Null)}))
+        .record(
+            &admin.actor,
+            &format!("{kind}.create"),
+            Some(&name),
+            Some(admin.ip),
+            json!({"fields": serde_json::to_value(&fields).unwrap_or(Value::Null)}),
+        )
         .await?;
     changed(app).await?;
     Ok((StatusCode::CREATED, Json(owner_view(&row))).into_response())
@@ -595,7 +705,13 @@ async fn update_owner(app: &App, admin: Admin, kind: &str, name: &str, body: Val
     app.store.upsert_owner(&row).await?;
     let changed_fields: Vec<&String> = patch.keys().collect();
     app.audit
-        .record(&admin.actor, &format!("{kind}.update"), Some(name), Some(admin.ip), json!({"fields": changed_fields}))
+        .record(
+            &admin.actor,
+            &format!("{kind}.update"),
+            Some(name),
+            Some(admin.ip),
+            json!({"fields": changed_fields}),
+        )
         .await?;
     changed(app).await?;
     Ok(Json(owner_view_with_spend(app, &row).await?).into_response())
@@ -607,10 +723,19 @@ async fn list_users(State(app): State<Arc<App>>, _admin: Admin) -> AdminResult {
 async fn create_user(State(app): State<Arc<App>>, admin: Admin, Body(body): Body) -> AdminResult {
     create_owner(&app, admin, "user", body).await
 }
-async fn show_user(State(app): State<Arc<App>>, _admin: Admin, Path(name): Path<String>) -> AdminResult {
+async fn show_user(
+    State(app): State<Arc<App>>,
+    _admin: Admin,
+    Path(name): Path<String>,
+) -> AdminResult {
     show_owner(&app, "user", &name).await
 }
-async fn update_user(State(app): State<Arc<App>>, admin: Admin, Path(name): Path<String>, Body(body): Body) -> AdminResult {
+async fn update_user(
+    State(app): State<Arc<App>>,
+    admin: Admin,
+    Path(name): Path<String>,
+    Body(body): Body,
+) -> AdminResult {
     update_owner(&app, admin, "user", &name, body).await
 }
 async fn list_teams(State(app): State<Arc<App>>, _admin: Admin) -> AdminResult {
@@ -619,9 +744,18 @@ async fn list_teams(State(app): State<Arc<App>>, _admin: Admin) -> AdminResult {
 async fn create_team(State(app): State<Arc<App>>, admin: Admin, Body(body): Body) -> AdminResult {
     create_owner(&app, admin, "team", body).await
 }
-async fn show_team(State(app): State<Arc<App>>, _admin: Admin, Path(name): Path<String>) -> AdminResult {
+async fn show_team(
+    State(app): State<Arc<App>>,
+    _admin: Admin,
+    Path(name): Path<String>,
+) -> AdminResult {
     show_owner(&app, "team", &name).await
 }
-async fn update_team(State(app): State<Arc<App>>, admin: Admin, Path(name): Path<String>, Body(body): Body) -> AdminResult {
+async fn update_team(
+    State(app): State<Arc<App>>,
+    admin: Admin,
+    Path(name): Path<String>,
+    Body(body): Body,
+) -> AdminResult {
     update_owner(&app, admin, "team", &name, body).await
 }

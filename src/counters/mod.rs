@@ -50,9 +50,23 @@ pub trait Counters: Send + Sync {
     /// Set the settled spend of a period (from the store, on first use).
     fn budget_load(&self, name: &str, period_start: i64, spent_usd: f64);
     /// Reserve `amount` when something of `limit` remains.
-    fn budget_reserve(&self, name: &str, period_start: i64, limit_usd: f64, amount: f64) -> BudgetState;
+    fn budget_reserve(
+        &self,
+        name: &str,
+        period_start: i64,
+        limit_usd: f64,
+        amount: f64,
+    ) -> BudgetState;
     /// Replace a reservation by the real cost.
-    fn budget_settle(&self, name: &str, period_start: i64, limit_usd: f64, reserved: f64, actual: f64, threshold: f64) -> BudgetState;
+    fn budget_settle(
+        &self,
+        name: &str,
+        period_start: i64,
+        limit_usd: f64,
+        reserved: f64,
+        actual: f64,
+        threshold: f64,
+    ) -> BudgetState;
     /// Current state without reserving.
     fn budget_peek(&self, name: &str, period_start: i64, limit_usd: f64) -> BudgetState;
 }
@@ -69,7 +83,8 @@ pub fn period_start(period: &str, now_ms: i64) -> i64 {
             monday * DAY
         }
         "monthly" => {
-            let t = time::OffsetDateTime::from_unix_timestamp(now_ms.div_euclid(1000)).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+            let t = time::OffsetDateTime::from_unix_timestamp(now_ms.div_euclid(1000))
+                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
             let first = t.date().replace_day(1).unwrap_or(t.date());
             first.midnight().assume_utc().unix_timestamp() * 1000
         }
@@ -107,14 +122,36 @@ mod tests {
     fn periods_start_on_utc_boundaries() {
         // 2026-11-23T05:00:00Z is a Monday.
         let t = 1_795_410_000_000;
-        assert_eq!(crate::util::rfc3339(period_start("daily", t)), "2026-11-23T00:00:00Z");
-        assert_eq!(crate::util::rfc3339(period_start("weekly", t)), "2026-11-23T00:00:00Z");
-        assert_eq!(crate::util::rfc3339(period_start("weekly", t - 86_400_000)), "2026-11-16T00:00:00Z");
-        assert_eq!(crate::util::rfc3339(period_start("monthly", t)), "2026-11-01T00:00:00Z");
+        assert_eq!(
+            crate::util::rfc3339(period_start("daily", t)),
+            "2026-11-23T00:00:00Z"
+        );
+        assert_eq!(
+            crate::util::rfc3339(period_start("weekly", t)),
+            "2026-11-23T00:00:00Z"
+        );
+        assert_eq!(
+            crate::util::rfc3339(period_start("weekly", t - 86_400_000)),
+            "2026-11-16T00:00:00Z"
+        );
+        assert_eq!(
+            crate::util::rfc3339(period_start("monthly", t)),
+            "2026-11-01T00:00:00Z"
+        );
         assert_eq!(period_start("total", t), 0);
-        assert_eq!(period_end("monthly", t).map(crate::util::rfc3339).as_deref(), Some("2026-12-01T00:00:00Z"));
+        assert_eq!(
+            period_end("monthly", t)
+                .map(crate::util::rfc3339)
+                .as_deref(),
+            Some("2026-12-01T00:00:00Z")
+        );
         let dec = crate::util::parse_time("2026-12-31T23:00:00Z", 0).unwrap();
-        assert_eq!(period_end("monthly", dec).map(crate::util::rfc3339).as_deref(), Some("2027-01-01T00:00:00Z"));
+        assert_eq!(
+            period_end("monthly", dec)
+                .map(crate::util::rfc3339)
+                .as_deref(),
+            Some("2027-01-01T00:00:00Z")
+        );
         assert_eq!(period_end("total", t), None);
     }
 }

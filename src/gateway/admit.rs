@@ -44,7 +44,10 @@ pub fn levels(app: &App, key: &CachedKey) -> Vec<Level> {
         max_concurrency: s.max_concurrency,
         budget: s.budget.clone(),
     }];
-    for (kind, name, column) in [("user", &key.row.user, "user_name"), ("team", &key.row.team, "team")] {
+    for (kind, name, column) in [
+        ("user", &key.row.user, "user_name"),
+        ("team", &key.row.team, "team"),
+    ] {
         if let Some(name) = name
             && let Some(o) = app.keys.owner(kind, name)
         {
@@ -118,7 +121,13 @@ fn set(h: &mut HeaderMap, name: &'static str, v: String) {
 impl Admission {
     /// Admit a request or refuse it with 429. `prompt_estimate` and
     /// `max_output` are token estimates; `price` the model's price.
-    pub async fn admit(app: &Arc<App>, key: &CachedKey, prompt_estimate: u64, max_output: Option<u64>, price: Option<Price>) -> Result<Admission, ApiError> {
+    pub async fn admit(
+        app: &Arc<App>,
+        key: &CachedKey,
+        prompt_estimate: u64,
+        max_output: Option<u64>,
+        price: Option<Price>,
+    ) -> Result<Admission, ApiError> {
         let now = crate::util::now_ms();
         let mut adm = Admission {
             app: app.clone(),
@@ -148,7 +157,8 @@ impl Admission {
                 if !s.allowed {
                     return Err(refuse_rate(&level.scope, "tokens", tpm, s.reset_ms));
                 }
-                adm.tokens.push((format!("tpm:{}", level.scope), tpm, token_estimate));
+                adm.tokens
+                    .push((format!("tpm:{}", level.scope), tpm, token_estimate));
                 if tok_hdr.is_none_or(|h| s.remaining < h.remaining) {
                     tok_hdr = Some(s);
                 }
@@ -156,7 +166,10 @@ impl Admission {
             if let Some(max) = level.max_concurrency {
                 let name = format!("conc:{}", level.scope);
                 if !counters.acquire(&name, max) {
-                    let mut e = ApiError::rate_limited(format!("{} has {max} requests in flight, its concurrency limit", level.scope));
+                    let mut e = ApiError::rate_limited(format!(
+                        "{} has {max} requests in flight, its concurrency limit",
+                        level.scope
+                    ));
                     e.retry_after = Some(1);
                     return Err(e);
                 }
@@ -182,10 +195,11 @@ impl Admission {
                 let s = counters.budget_reserve(&name, start, b.usd, amount);
                 if !s.allowed {
                     let mut e = ApiError::budget_exceeded(format!(
-                        "{} has spent ${:.4} of its {} budget of ${:.2}",
-                        level.scope, s.spent_usd, b.period, b.usd
+                        "{} has spent ${:.6} (with ${:.6} reserved) of its {} budget of ${:.6}",
+                        level.scope, s.spent_usd, s.reserved_usd, b.period, b.usd
                     ));
-                    e.retry_after = period_end(&b.period, now).map(|end| retry_after((end - now).max(0) as u64));
+                    e.retry_after = period_end(&b.period, now)
+                        .map(|end| retry_after((end - now).max(0) as u64));
                     return Err(e);
                 }
                 adm.reservations.push(Reservation {
@@ -198,14 +212,38 @@ impl Admission {
             }
         }
         if let Some(s) = req_hdr {
-            set(&mut adm.headers, "x-ratelimit-limit-requests", s.limit.to_string());
-            set(&mut adm.headers, "x-ratelimit-remaining-requests", s.remaining.to_string());
-            set(&mut adm.headers, "x-ratelimit-reset-requests", fmt_reset(s.reset_ms));
+            set(
+                &mut adm.headers,
+                "x-ratelimit-limit-requests",
+                s.limit.to_string(),
+            );
+            set(
+                &mut adm.headers,
+                "x-ratelimit-remaining-requests",
+                s.remaining.to_string(),
+            );
+            set(
+                &mut adm.headers,
+                "x-ratelimit-reset-requests",
+                fmt_reset(s.reset_ms),
+            );
         }
         if let Some(s) = tok_hdr {
-            set(&mut adm.headers, "x-ratelimit-limit-tokens", s.limit.to_string());
-            set(&mut adm.headers, "x-ratelimit-remaining-tokens", s.remaining.to_string());
-            set(&mut adm.headers, "x-ratelimit-reset-tokens", fmt_reset(s.reset_ms));
+            set(
+                &mut adm.headers,
+                "x-ratelimit-limit-tokens",
+                s.limit.to_string(),
+            );
+            set(
+                &mut adm.headers,
+                "x-ratelimit-remaining-tokens",
+                s.remaining.to_string(),
+            );
+            set(
+                &mut adm.headers,
+                "x-ratelimit-reset-tokens",
+                fmt_reset(s.reset_ms),
+            );
         }
         Ok(adm)
     }
@@ -227,9 +265,23 @@ impl Admission {
         }
         let threshold = self.app.config.alerts.budget_threshold;
         for r in self.reservations.drain(..) {
-            let s = counters.budget_settle(&format!("budget:{}", r.scope), r.period_start, r.limit, r.amount, cost, threshold);
+            let s = counters.budget_settle(
+                &format!("budget:{}", r.scope),
+                r.period_start,
+                r.limit,
+                r.amount,
+                cost,
+                threshold,
+            );
             if s.crossed_threshold {
-                budget_alert(&self.app, &r.scope, &self.key_id, &r.budget, s.spent_usd, threshold);
+                budget_alert(
+                    &self.app,
+                    &r.scope,
+                    &self.key_id,
+                    &r.budget,
+                    s.spent_usd,
+                    threshold,
+                );
             }
         }
     }
@@ -243,13 +295,23 @@ impl Drop for Admission {
 }
 
 fn refuse_rate(scope: &str, what: &str, limit: u64, reset_ms: u64) -> ApiError {
-    let mut e = ApiError::rate_limited(format!("{scope} is over its limit of {limit} {what} per minute; retry in {}", fmt_reset(reset_ms)));
+    let mut e = ApiError::rate_limited(format!(
+        "{scope} is over its limit of {limit} {what} per minute; retry in {}",
+        fmt_reset(reset_ms)
+    ));
     e.retry_after = Some(retry_after(reset_ms));
     e
 }
 
 /// The soft budget threshold was crossed: audit it and call the webhook.
-fn budget_alert(app: &Arc<App>, scope: &str, key_id: &str, budget: &Budget, spent: f64, threshold: f64) {
+fn budget_alert(
+    app: &Arc<App>,
+    scope: &str,
+    key_id: &str,
+    budget: &Budget,
+    spent: f64,
+    threshold: f64,
+) {
     let detail = json!({
         "scope": scope,
         "key_id": key_id,
@@ -258,7 +320,13 @@ fn budget_alert(app: &Arc<App>, scope: &str, key_id: &str, budget: &Budget, spen
         "spent_usd": spent,
         "threshold": threshold,
     });
-    app.audit.event("system", "budget.threshold", Some(scope), None, detail.clone());
+    app.audit.event(
+        "system",
+        "budget.threshold",
+        Some(scope),
+        None,
+        detail.clone(),
+    );
     let alerts = &app.config.alerts;
     let Some(url) = alerts.webhook_url.clone().filter(|u| !u.is_empty()) else {
         return;

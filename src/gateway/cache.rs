@@ -84,10 +84,24 @@ impl KeyCache {
             let key = Arc::new(CachedKey::from_row(row));
             maps.by_id.insert(key.row.id.clone(), key.clone());
             if let Some(h) = current {
-                maps.keys.insert(h, Entry { hash: h, valid_until: None, key: key.clone() });
+                maps.keys.insert(
+                    h,
+                    Entry {
+                        hash: h,
+                        valid_until: None,
+                        key: key.clone(),
+                    },
+                );
             }
             if let Some(h) = old {
-                maps.keys.insert(h, Entry { hash: h, valid_until: old_until, key });
+                maps.keys.insert(
+                    h,
+                    Entry {
+                        hash: h,
+                        valid_until: old_until,
+                        key,
+                    },
+                );
             }
         }
         for a in admins.into_iter().filter(|a| a.revoked_at.is_none()) {
@@ -143,7 +157,11 @@ impl KeyCache {
         while let Some(pid) = parent {
             depth += 1;
             match maps.by_id.get(&pid) {
-                Some(p) if p.row.status == "active" && p.row.expires_at.is_none_or(|e| e > now_ms) && depth < 64 => {
+                Some(p)
+                    if p.row.status == "active"
+                        && p.row.expires_at.is_none_or(|e| e > now_ms)
+                        && depth < 64 =>
+                {
                     parent = p.row.parent_id.clone();
                 }
                 _ => return false,
@@ -154,7 +172,10 @@ impl KeyCache {
 
     /// A user's or team's limits.
     pub fn owner(&self, kind: &str, name: &str) -> Option<Arc<OwnerFields>> {
-        self.snapshot().owners.get(&(kind.to_string(), name.to_string())).cloned()
+        self.snapshot()
+            .owners
+            .get(&(kind.to_string(), name.to_string()))
+            .cloned()
     }
 
     pub fn len(&self) -> usize {

@@ -63,7 +63,11 @@ impl ApiError {
         )
     }
     pub fn rate_limited(message: impl Into<String>) -> ApiError {
-        Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded", message)
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_exceeded",
+            message,
+        )
     }
     pub fn budget_exceeded(message: impl Into<String>) -> ApiError {
         Self::new(StatusCode::TOO_MANY_REQUESTS, "budget_exceeded", message)

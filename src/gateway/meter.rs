@@ -25,6 +25,8 @@ pub struct Meter {
     pub price: Option<Price>,
     /// Counters held while the request runs, settled with the real usage.
     pub admission: Option<super::admit::Admission>,
+    /// Prompt tokens estimated from the request, for streams cut short.
+    pub prompt_estimate: u64,
 }
 
 impl Meter {
@@ -50,11 +52,14 @@ impl Meter {
             started,
             price: None,
             admission: None,
+            prompt_estimate: 0,
         }
     }
 
     pub fn cost(&self, usage: Usage) -> f64 {
-        self.price.map(|p| p.cost(usage.prompt, usage.completion)).unwrap_or(0.0)
+        self.price
+            .map(|p| p.cost(usage.prompt, usage.completion))
+            .unwrap_or(0.0)
     }
 
     /// Record the row; answers its cost.
@@ -100,7 +105,13 @@ pub struct MeteredSse {
 }
 
 impl MeteredSse {
-    pub fn new(inner: ByteStream, hide_usage_chunk: bool, app: Arc<App>, meter: Meter, status: u16) -> MeteredSse {
+    pub fn new(
+        inner: ByteStream,
+        hide_usage_chunk: bool,
+        app: Arc<App>,
+        meter: Meter,
+        status: u16,
+    ) -> MeteredSse {
         MeteredSse {
             inner,
             tap: SseTap::new(hide_usage_chunk),
@@ -111,9 +122,16 @@ impl MeteredSse {
         }
     }
 
-    fn settle(&mut self, status: u16) {
+    /// `complete`: the upstream ended the stream itself. Otherwise (client
+    /// gone, upstream failed) the row is charged at least what was streamed.
+    fn settle(&mut self, status: u16, complete: bool) {
         if let Some(m) = self.meter.take() {
-            m.finish(status, self.tap.usage);
+            let usage = if complete && self.tap.saw_usage {
+                self.tap.usage
+            } else {
+                self.tap.usage_at_least(m.prompt_estimate)
+            };
+            m.finish(status, usage);
         }
     }
 }
@@ -138,7 +156,7 @@ impl Stream for MeteredSse {
                 }
                 Poll::Ready(Some(Err(e))) => {
                     this.done = true;
-                    this.settle(502);
+                    this.settle(502, false);
                     return Poll::Ready(Some(Err(std::io::Error::other(format!(
                         "upstream stream failed: {}",
                         this.app.registry.scrubber.scrub_str(&e.to_string())
@@ -148,7 +166,7 @@ impl Stream for MeteredSse {
                     this.done = true;
                     let rest = this.tap.finish();
                     let status = this.status;
-                    this.settle(status);
+                    this.settle(status, true);
                     if rest.is_empty() {
                         return Poll::Ready(None);
                     }
@@ -162,7 +180,7 @@ impl Stream for MeteredSse {
 impl Drop for MeteredSse {
     fn drop(&mut self) {
         // The client went away mid-stream: record what was seen.
-        self.settle(CLIENT_CLOSED);
+        self.settle(CLIENT_CLOSED, false);
     }
 }
 

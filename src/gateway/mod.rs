@@ -97,7 +97,13 @@ impl App {
         };
         self.store.insert_admin_key(&row).await?;
         self.audit
-            .record("system", "admin_key.bootstrap", Some(&row.id), None, serde_json::json!({"prefix": row.prefix, "generated": generated}))
+            .record(
+                "system",
+                "admin_key.bootstrap",
+                Some(&row.id),
+                None,
+                serde_json::json!({"prefix": row.prefix, "generated": generated}),
+            )
             .await?;
         self.reload_keys().await?;
         Ok(generated.then_some(secret))
@@ -110,17 +116,28 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/readyz", get(readyz))
         .nest("/admin/v1", crate::admin::router())
         .route("/bursar/v1/whoami", get(selfservice::whoami))
-        .route("/bursar/v1/keys", axum::routing::post(selfservice::mint_child))
-        .route("/bursar/v1/report-leak", axum::routing::post(selfservice::report_leak))
+        .route(
+            "/bursar/v1/keys",
+            axum::routing::post(selfservice::mint_child),
+        )
+        .route(
+            "/bursar/v1/report-leak",
+            axum::routing::post(selfservice::report_leak),
+        )
         .fallback(proxy::handle)
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(app)
 }
 
-async fn readyz(axum::extract::State(app): axum::extract::State<Arc<App>>) -> (axum::http::StatusCode, &'static str) {
+async fn readyz(
+    axum::extract::State(app): axum::extract::State<Arc<App>>,
+) -> (axum::http::StatusCode, &'static str) {
     match app.store.ping().await {
         Ok(()) => (axum::http::StatusCode::OK, "ready"),
-        Err(_) => (axum::http::StatusCode::SERVICE_UNAVAILABLE, "store unreachable"),
+        Err(_) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "store unreachable",
+        ),
     }
 }
 
@@ -130,7 +147,9 @@ pub async fn serve(config: Config) -> Result<()> {
     let listen: SocketAddr = config.listen.parse().context("listen")?;
     let app = App::new(config).await?;
     if let Some(secret) = app.bootstrap_admin().await? {
-        println!("bursar: generated the first admin key (shown once, only its hash is stored):\n\n    {secret}\n\nexport BURSAR_ADMIN_KEY={secret}");
+        println!(
+            "bursar: generated the first admin key (shown once, only its hash is stored):\n\n    {secret}\n\nexport BURSAR_ADMIN_KEY={secret}"
+        );
     }
     tokio::task::spawn_blocking(crate::providers::tokens::warm);
     let refresher = app.clone();
@@ -153,9 +172,12 @@ pub async fn serve(config: Config) -> Result<()> {
         "bursar is serving"
     );
     eprintln!("bursar: listening on http://{listen}");
-    axum::serve(listener, router(app.clone()).into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    axum::serve(
+        listener,
+        router(app.clone()).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown_signal())
+    .await?;
     tracing::info!("shutting down: flushing usage and audit");
     app.usage.drain().await;
     app.audit.drain().await;

@@ -18,7 +18,7 @@ use super::App;
 use super::admit::{self, Admission};
 use super::cache::{CachedKey, Lookup};
 use super::error::{ApiError, Shape};
-use super::meter::{MeteredSse, Meter, ScrubbedStream};
+use super::meter::{Meter, MeteredSse, ScrubbedStream};
 use super::surface::{self, Surface};
 use crate::keys;
 use crate::providers::echo::{self, EchoShape};
@@ -48,25 +48,48 @@ struct StreamOptions {
 
 impl Facts {
     fn max_tokens(&self) -> Option<u64> {
-        self.max_tokens.or(self.max_completion_tokens).or(self.max_output_tokens)
+        self.max_tokens
+            .or(self.max_completion_tokens)
+            .or(self.max_output_tokens)
     }
 }
 
-pub async fn handle(State(app): State<Arc<App>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request) -> Response {
+pub async fn handle(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
     let started = Instant::now();
     let request_id = crate::util::new_id("req");
-    let mut resp = match Surface::classify(&app, req.uri().path()) {
-        None => ApiError::not_found(format!("no route for {} {}", req.method(), req.uri().path())).render(Shape::OpenAi),
+    let surface = Surface::classify(&app, req.uri().path());
+    let mut resp = match surface.clone() {
+        None => ApiError::not_found(format!(
+            "no route for {} {}",
+            req.method(),
+            req.uri().path()
+        ))
+        .render(Shape::OpenAi),
         Some(s) => run(app, s, peer, req, &request_id, started).await,
     };
     if let Ok(v) = HeaderValue::from_str(&request_id) {
+        // The Anthropic SDK reads `request-id`; everyone else `x-request-id`.
+        if surface
+            .as_ref()
+            .is_some_and(|s| s.shape == Shape::Anthropic)
+        {
+            resp.headers_mut().insert("request-id", v.clone());
+        }
         resp.headers_mut().insert("x-request-id", v);
     }
     resp
 }
 
 /// Resolve the presented credential to an active key, recording failures.
-pub fn authenticate(app: &App, secret: Option<&str>, ip: IpAddr) -> Result<Arc<CachedKey>, ApiError> {
+pub fn authenticate(
+    app: &App,
+    secret: Option<&str>,
+    ip: IpAddr,
+) -> Result<Arc<CachedKey>, ApiError> {
     let now = crate::util::now_ms();
     let fail = |reason: &str, target: Option<&str>, prefix: Option<String>| {
         app.audit.event(
@@ -85,17 +108,23 @@ pub fn authenticate(app: &App, secret: Option<&str>, ip: IpAddr) -> Result<Arc<C
     };
     if !keys::is_well_formed(secret, keys::KEY_PREFIX) {
         fail("malformed", None, None);
-        return Err(ApiError::invalid_key("the API key is not a valid bursar key (bsr_…)"));
+        return Err(ApiError::invalid_key(
+            "the API key is not a valid bursar key (bsr_…)",
+        ));
     }
     let prefix = Some(keys::display_prefix(secret));
     match app.keys.lookup(secret, now) {
         Lookup::Unknown => {
             fail("unknown", None, prefix);
-            Err(ApiError::invalid_key("the API key is not known to this gateway"))
+            Err(ApiError::invalid_key(
+                "the API key is not known to this gateway",
+            ))
         }
         Lookup::Rotated(k) => {
             fail("rotated", Some(&k.row.id), prefix);
-            Err(ApiError::invalid_key("the API key was rotated and its grace period is over"))
+            Err(ApiError::invalid_key(
+                "the API key was rotated and its grace period is over",
+            ))
         }
         Lookup::Found(k) => {
             if k.row.status == "revoked" {
@@ -109,17 +138,30 @@ pub fn authenticate(app: &App, secret: Option<&str>, ip: IpAddr) -> Result<Arc<C
             // A child key dies with any ancestor.
             if !app.keys.ancestors_alive(&k, now) {
                 fail("parent_inactive", Some(&k.row.id), prefix);
-                return Err(ApiError::invalid_key("the API key's parent key is revoked or expired"));
+                return Err(ApiError::invalid_key(
+                    "the API key's parent key is revoked or expired",
+                ));
             }
             Ok(k)
         }
     }
 }
 
-async fn run(app: Arc<App>, surface: Surface, peer: SocketAddr, req: Request, request_id: &str, started: Instant) -> Response {
+async fn run(
+    app: Arc<App>,
+    surface: Surface,
+    peer: SocketAddr,
+    req: Request,
+    request_id: &str,
+    started: Instant,
+) -> Response {
     let shape = surface.shape;
     let ip = surface::client_ip(peer, req.headers(), &app.trusted_proxies);
-    let key = match authenticate(&app, surface::credential(req.headers(), req.uri().query()), ip) {
+    let key = match authenticate(
+        &app,
+        surface::credential(req.headers(), req.uri().query()),
+        ip,
+    ) {
         Ok(k) => k,
         Err(e) => return e.render(shape),
     };
@@ -146,22 +188,34 @@ async fn run(app: Arc<App>, surface: Surface, peer: SocketAddr, req: Request, re
 
 fn check_scope(key: &CachedKey, ip: IpAddr, endpoint: &str) -> Result<(), ApiError> {
     if !key.ip_nets.is_empty() && !key.ip_nets.iter().any(|n| n.contains(&ip)) {
-        return Err(ApiError::denied(format!("this key may not be used from {ip}")));
+        return Err(ApiError::denied(format!(
+            "this key may not be used from {ip}"
+        )));
     }
-    if endpoint != "models" && !key.spec.endpoints.is_empty() && !key.spec.endpoints.iter().any(|e| e == endpoint) {
-        return Err(ApiError::denied(format!("this key may not use the '{endpoint}' endpoint")));
+    let scope = surface::scope_name(endpoint);
+    if endpoint != "models"
+        && !key.spec.endpoints.is_empty()
+        && !key.spec.endpoints.iter().any(|e| e == scope)
+    {
+        return Err(ApiError::denied(format!(
+            "this key may not use the '{scope}' endpoint"
+        )));
     }
     Ok(())
 }
 
 fn check_target(key: &CachedKey, provider: &str, model: Option<&str>) -> Result<(), ApiError> {
     if !key.spec.providers.is_empty() && !key.spec.providers.iter().any(|p| p == provider) {
-        return Err(ApiError::denied(format!("this key may not use the provider '{provider}'")));
+        return Err(ApiError::denied(format!(
+            "this key may not use the provider '{provider}'"
+        )));
     }
     if let Some(m) = model
         && !keys::matches_any(&key.spec.models, m)
     {
-        return Err(ApiError::denied(format!("this key may not use the model '{m}'")));
+        return Err(ApiError::denied(format!(
+            "this key may not use the model '{m}'"
+        )));
     }
     Ok(())
 }
@@ -187,13 +241,18 @@ async fn serve(
     }
     check_scope(key, ip, endpoint)?;
     let limit = app.config.max_body_bytes;
-    let body = axum::body::to_bytes(body, limit).await.map_err(|_| ApiError::too_large(limit))?;
+    let body = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| ApiError::too_large(limit))?;
 
     // GET /v1/models on the OpenAI surface: what this key may use.
     // Model lists bursar answers itself (not metered): the OpenAI surface's,
     // and a native surface's whose provider is not configured (only echo).
     if endpoint == "models" && parts.method == Method::GET {
-        let unconfigured = surface.native.as_ref().is_some_and(|n| app.registry.get(n).is_none());
+        let unconfigured = surface
+            .native
+            .as_ref()
+            .is_some_and(|n| app.registry.get(n).is_none());
         if surface.native.is_none() || unconfigured {
             meter.take();
             return models_listing(app, key, &surface.rest, surface.shape);
@@ -227,7 +286,10 @@ async fn serve(
     };
     let (provider_name, upstream_model) = match &route {
         Route::Echo => ("echo".to_string(), "echo".to_string()),
-        Route::Upstream { provider, upstream_model } => (provider.name.clone(), upstream_model.clone()),
+        Route::Upstream {
+            provider,
+            upstream_model,
+        } => (provider.name.clone(), upstream_model.clone()),
     };
     check_target(key, &provider_name, model.as_deref())?;
 
@@ -239,7 +301,9 @@ async fn serve(
                     "max tokens {asked} is above this key's limit of {limit} per request"
                 )));
             }
-            None if surface::is_metered(endpoint) && endpoint != "embeddings" => default_max_tokens = Some(limit),
+            None if surface::is_metered(endpoint) && endpoint != "embeddings" => {
+                default_max_tokens = Some(limit)
+            }
             _ => {}
         }
     }
@@ -264,20 +328,31 @@ async fn serve(
     let rate_headers = admission.headers.clone();
     if let Some(m) = meter.as_mut() {
         m.admission = Some(admission);
+        m.prompt_estimate = prompt_estimate;
     }
 
     let mut resp = match route {
         Route::Echo => serve_echo(surface, &body, &model_name, default_max_tokens, meter),
-        Route::Upstream { provider, upstream_model } => {
+        Route::Upstream {
+            provider,
+            upstream_model,
+        } => {
             let rewrite = Rewrite {
                 model: (model.is_some() && upstream_model != model_name).then_some(upstream_model),
                 include_usage: provider.kind == Kind::OpenAi
                     && facts.stream
                     && matches!(endpoint, "chat" | "completions")
-                    && !facts.stream_options.as_ref().is_some_and(|s| s.include_usage),
-                default_max_tokens: default_max_tokens.map(|n| (n, max_tokens_field(provider.kind, endpoint))),
+                    && !facts
+                        .stream_options
+                        .as_ref()
+                        .is_some_and(|s| s.include_usage),
+                default_max_tokens: default_max_tokens
+                    .map(|n| (n, max_tokens_field(provider.kind, endpoint))),
             };
-            forward(app, surface, &provider, key, parts, body, endpoint, rewrite, meter).await
+            forward(
+                app, surface, &provider, key, parts, body, endpoint, rewrite, meter,
+            )
+            .await
         }
     }?;
     resp.headers_mut().extend(rate_headers);
@@ -292,10 +367,18 @@ fn max_tokens_field(kind: Kind, endpoint: &str) -> &'static str {
     }
 }
 
-fn serve_echo(surface: &Surface, body: &Bytes, model: &str, default_max: Option<u64>, meter: &mut Option<Meter>) -> Result<Response, ApiError> {
-    let endpoint = surface::echo_endpoint(&surface.rest)
-        .ok_or_else(|| ApiError::not_found(format!("the echo model does not serve /{}", surface.rest)))?;
-    let mut json: Value = serde_json::from_slice(body).map_err(|e| ApiError::invalid_request(format!("request body is not valid JSON: {e}")))?;
+fn serve_echo(
+    surface: &Surface,
+    body: &Bytes,
+    model: &str,
+    default_max: Option<u64>,
+    meter: &mut Option<Meter>,
+) -> Result<Response, ApiError> {
+    let endpoint = surface::echo_endpoint(&surface.rest).ok_or_else(|| {
+        ApiError::not_found(format!("the echo model does not serve /{}", surface.rest))
+    })?;
+    let mut json: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid_request(format!("request body is not valid JSON: {e}")))?;
     if let (Some(n), Some(obj)) = (default_max, json.as_object_mut()) {
         obj.insert("max_tokens".into(), json!(n));
     }
@@ -304,16 +387,22 @@ fn serve_echo(surface: &Surface, body: &Bytes, model: &str, default_max: Option<
         Shape::Anthropic => EchoShape::Anthropic,
     };
     let answer = echo::respond(shape, endpoint, model, &json);
-    let usage = Usage {
-        prompt: answer.prompt_tokens,
-        completion: answer.completion_tokens,
+    // Counting tokens is free, as at Anthropic.
+    let usage = if endpoint == "count_tokens" {
+        Usage::default()
+    } else {
+        Usage {
+            prompt: answer.prompt_tokens,
+            completion: answer.completion_tokens,
+        }
     };
     let cost = match meter.take() {
         Some(m) => m.finish(answer.status, usage),
         None => 0.0,
     };
     let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK);
-    let stream = futures_util::stream::iter(answer.chunks.into_iter().map(Ok::<Bytes, std::io::Error>));
+    let stream =
+        futures_util::stream::iter(answer.chunks.into_iter().map(Ok::<Bytes, std::io::Error>));
     let mut resp = Response::builder()
         .status(status)
         .header("content-type", answer.content_type)
@@ -347,7 +436,9 @@ impl Rewrite {
     }
 
     fn apply(&self, body: &Bytes) -> Result<Bytes, ApiError> {
-        let mut v: Value = serde_json::from_slice(body).map_err(|e| ApiError::invalid_request(format!("request body is not valid JSON: {e}")))?;
+        let mut v: Value = serde_json::from_slice(body).map_err(|e| {
+            ApiError::invalid_request(format!("request body is not valid JSON: {e}"))
+        })?;
         let obj = v
             .as_object_mut()
             .ok_or_else(|| ApiError::invalid_request("request body must be a JSON object"))?;
@@ -381,7 +472,11 @@ async fn forward(
     rewrite: Rewrite,
     meter: &mut Option<Meter>,
 ) -> Result<Response, ApiError> {
-    let body = if rewrite.needed() { rewrite.apply(&body)? } else { body };
+    let body = if rewrite.needed() {
+        rewrite.apply(&body)?
+    } else {
+        body
+    };
     let query = surface::strip_key_param(parts.uri.query());
     let url = provider.url(&surface.rest, query.as_deref());
     let headers = surface::upstream_request_headers(&parts.headers);
@@ -402,14 +497,21 @@ async fn forward(
             )));
         }
         Ok(Err(e)) if e.is_timeout() => {
-            return Err(ApiError::upstream_timeout(format!("the provider '{}' timed out", provider.name)));
+            return Err(ApiError::upstream_timeout(format!(
+                "the provider '{}' timed out",
+                provider.name
+            )));
         }
         Ok(Err(e)) => {
             tracing::warn!(provider = %provider.name, error = %app.registry.scrubber.scrub_str(&e.to_string()), "upstream request failed");
             return Err(ApiError::upstream_error(format!(
                 "could not reach the provider '{}'{}",
                 provider.name,
-                if e.is_connect() { " (connection failed)" } else { "" }
+                if e.is_connect() {
+                    " (connection failed)"
+                } else {
+                    ""
+                }
             )));
         }
         Ok(Ok(r)) => r,
@@ -427,7 +529,13 @@ async fn forward(
         let Some(m) = meter.take() else {
             return Err(ApiError::internal("meter already settled"));
         };
-        let stream = MeteredSse::new(upstream.bytes_stream().boxed(), rewrite.include_usage, app.clone(), m, status.as_u16());
+        let stream = MeteredSse::new(
+            upstream.bytes_stream().boxed(),
+            rewrite.include_usage,
+            app.clone(),
+            m,
+            status.as_u16(),
+        );
         let mut resp = Response::new(Body::from_stream(stream));
         *resp.status_mut() = status;
         headers.insert("cache-control", HeaderValue::from_static("no-cache"));
@@ -435,30 +543,44 @@ async fn forward(
         return Ok(resp);
     }
 
-    let buffered = surface::is_metered(endpoint) || !status.is_success() || (endpoint == "models" && parts.method == Method::GET);
+    let buffered = surface::is_metered(endpoint)
+        || !status.is_success()
+        || (endpoint == "models" && parts.method == Method::GET);
     if !buffered {
         let Some(m) = meter.take() else {
             return Err(ApiError::internal("meter already settled"));
         };
-        let stream = ScrubbedStream::new(upstream.bytes_stream().boxed(), app.clone(), m, status.as_u16());
+        let stream = ScrubbedStream::new(
+            upstream.bytes_stream().boxed(),
+            app.clone(),
+            m,
+            status.as_u16(),
+        );
         let mut resp = Response::new(Body::from_stream(stream));
         *resp.status_mut() = status;
         *resp.headers_mut() = headers;
         return Ok(resp);
     }
 
-    let raw = read_bounded(upstream, MAX_BUFFERED_ANSWER).await.map_err(|e| {
-        ApiError::upstream_error(format!(
-            "reading the answer of the provider '{}' failed: {}",
-            provider.name,
-            app.registry.scrubber.scrub_str(&e)
-        ))
-    })?;
+    let raw = read_bounded(upstream, MAX_BUFFERED_ANSWER)
+        .await
+        .map_err(|e| {
+            ApiError::upstream_error(format!(
+                "reading the answer of the provider '{}' failed: {}",
+                provider.name,
+                app.registry.scrubber.scrub_str(&e)
+            ))
+        })?;
     let raw = app.registry.scrubber.scrub(raw);
 
     if status.is_server_error() {
-        let upstream_body = serde_json::from_slice::<Value>(&raw).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&raw).into_owned()));
-        let mut e = ApiError::upstream_error(format!("the provider '{}' failed with HTTP {}", provider.name, status.as_u16()));
+        let upstream_body = serde_json::from_slice::<Value>(&raw)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&raw).into_owned()));
+        let mut e = ApiError::upstream_error(format!(
+            "the provider '{}' failed with HTTP {}",
+            provider.name,
+            status.as_u16()
+        ));
         e.upstream = Some(upstream_body);
         return Err(e);
     }
@@ -504,7 +626,9 @@ async fn read_bounded(resp: reqwest::Response, limit: usize) -> Result<Bytes, St
 
 /// Keep only the models a key may use in a provider's model list.
 fn filter_model_list(raw: Bytes, allowed: impl Fn(&str) -> bool) -> Bytes {
-    let Ok(mut v) = serde_json::from_slice::<Value>(&raw) else { return raw };
+    let Ok(mut v) = serde_json::from_slice::<Value>(&raw) else {
+        return raw;
+    };
     if let Some(data) = v.get_mut("data").and_then(Value::as_array_mut) {
         data.retain(|m| m.get("id").and_then(Value::as_str).is_some_and(&allowed));
     }
@@ -512,10 +636,17 @@ fn filter_model_list(raw: Bytes, allowed: impl Fn(&str) -> bool) -> Bytes {
 }
 
 /// `GET /v1/models` and `GET /v1/models/{id}`: the models this key may use.
-fn models_listing(app: &App, key: &CachedKey, rest: &str, shape: Shape) -> Result<Response, ApiError> {
+fn models_listing(
+    app: &App,
+    key: &CachedKey,
+    rest: &str,
+    shape: Shape,
+) -> Result<Response, ApiError> {
     let entry = |id: &str, owner: &str| match shape {
         Shape::OpenAi => json!({"id": id, "object": "model", "created": 0, "owned_by": owner}),
-        Shape::Anthropic => json!({"type": "model", "id": id, "display_name": id, "created_at": "1970-01-01T00:00:00Z"}),
+        Shape::Anthropic => {
+            json!({"type": "model", "id": id, "display_name": id, "created_at": "1970-01-01T00:00:00Z"})
+        }
     };
     let allowed: Vec<(String, String)> = app
         .registry

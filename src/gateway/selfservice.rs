@@ -23,15 +23,27 @@ use crate::util::{new_id, now_ms, rfc3339};
 
 const MAX_BODY: usize = 1024 * 1024;
 
-fn caller(app: &Arc<App>, peer: SocketAddr, req: &Request) -> Result<(Arc<CachedKey>, std::net::IpAddr), ApiError> {
+fn caller(
+    app: &Arc<App>,
+    peer: SocketAddr,
+    req: &Request,
+) -> Result<(Arc<CachedKey>, std::net::IpAddr), ApiError> {
     let ip = surface::client_ip(peer, req.headers(), &app.trusted_proxies);
-    let key = authenticate(app, surface::credential(req.headers(), req.uri().query()), ip)?;
+    let key = authenticate(
+        app,
+        surface::credential(req.headers(), req.uri().query()),
+        ip,
+    )?;
     Ok((key, ip))
 }
 
 /// `GET /bursar/v1/whoami`: the calling key's scope, effective limits, what
 /// remains of each budget and rate window, and the models it can reach.
-pub async fn whoami(State(app): State<Arc<App>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request) -> Response {
+pub async fn whoami(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
     let (key, ip) = match caller(&app, peer, &req) {
         Ok(k) => k,
         Err(e) => return e.render(Shape::OpenAi),
@@ -50,8 +62,15 @@ pub async fn whoami(State(app): State<Arc<App>>, ConnectInfo(peer): ConnectInfo<
         let budget = match &level.budget {
             Some(b) => {
                 let start = period_start(&b.period, now);
-                let spent = app.store.spend_since(level.spend_column, &level.spend_value, start).await.unwrap_or(0.0);
-                let reserved = app.counters.budget_peek(&format!("budget:{}", level.scope), start, b.usd).reserved_usd;
+                let spent = app
+                    .store
+                    .spend_since(level.spend_column, &level.spend_value, start)
+                    .await
+                    .unwrap_or(0.0);
+                let reserved = app
+                    .counters
+                    .budget_peek(&format!("budget:{}", level.scope), start, b.usd)
+                    .reserved_usd;
                 Some(json!({
                     "usd": b.usd, "period": b.period, "period_start": rfc3339(start),
                     "spent_usd": spent, "reserved_usd": reserved, "remaining_usd": (b.usd - spent - reserved).max(0.0),
@@ -103,14 +122,23 @@ pub async fn whoami(State(app): State<Arc<App>>, ConnectInfo(peer): ConnectInfo<
     .into_response()
 }
 
-fn narrower_list(field: &str, parent: &[String], child: Option<&Vec<String>>, covered: impl Fn(&[String], &str) -> bool) -> Result<Vec<String>, ApiError> {
+fn narrower_list(
+    field: &str,
+    parent: &[String],
+    child: Option<&Vec<String>>,
+    covered: impl Fn(&[String], &str) -> bool,
+) -> Result<Vec<String>, ApiError> {
     match child {
         None => Ok(parent.to_vec()),
-        Some(c) if c.is_empty() && !parent.is_empty() => Err(ApiError::denied(format!("{field}: a child key cannot be unrestricted where its parent is restricted"))),
+        Some(c) if c.is_empty() && !parent.is_empty() => Err(ApiError::denied(format!(
+            "{field}: a child key cannot be unrestricted where its parent is restricted"
+        ))),
         Some(c) => {
             for v in c {
                 if !covered(parent, v) {
-                    return Err(ApiError::denied(format!("{field}: '{v}' is wider than the parent key allows")));
+                    return Err(ApiError::denied(format!(
+                        "{field}: '{v}' is wider than the parent key allows"
+                    )));
                 }
             }
             Ok(c.clone())
@@ -118,75 +146,147 @@ fn narrower_list(field: &str, parent: &[String], child: Option<&Vec<String>>, co
     }
 }
 
-fn narrower_limit(field: &str, parent: Option<u64>, child: Option<u64>) -> Result<Option<u64>, ApiError> {
+fn narrower_limit(
+    field: &str,
+    parent: Option<u64>,
+    child: Option<u64>,
+) -> Result<Option<u64>, ApiError> {
     match (parent, child) {
-        (Some(p), Some(c)) if c > p => Err(ApiError::denied(format!("{field}: {c} is above the parent key's {p}"))),
+        (Some(p), Some(c)) if c > p => Err(ApiError::denied(format!(
+            "{field}: {c} is above the parent key's {p}"
+        ))),
         (p, None) => Ok(p),
         (_, c) => Ok(c),
     }
 }
 
-fn same_or_inherit(field: &str, parent: &Option<String>, child: &Option<String>) -> Result<Option<String>, ApiError> {
+fn same_or_inherit(
+    field: &str,
+    parent: &Option<String>,
+    child: &Option<String>,
+) -> Result<Option<String>, ApiError> {
     match (parent, child) {
-        (Some(p), Some(c)) if p != c => Err(ApiError::denied(format!("{field}: a child key keeps its parent's {field} '{p}'"))),
+        (Some(p), Some(c)) if p != c => Err(ApiError::denied(format!(
+            "{field}: a child key keeps its parent's {field} '{p}'"
+        ))),
         (p, None) => Ok(p.clone()),
         (_, c) => Ok(c.clone()),
     }
 }
 
 /// The child's fields, each equal to or narrower than the parent's.
-pub fn narrow(parent: &CachedKey, child: &KeyFields, child_expires: Option<i64>, parent_budget_remaining: Option<f64>, now: i64) -> Result<KeyFields, ApiError> {
+pub fn narrow(
+    parent: &CachedKey,
+    child: &KeyFields,
+    child_expires: Option<i64>,
+    parent_budget_remaining: Option<f64>,
+    now: i64,
+) -> Result<KeyFields, ApiError> {
     let p = &parent.spec;
     let mut out = child.clone();
-    out.models = Some(narrower_list("models", &p.models, child.models.as_ref(), glob_covered)?);
-    out.endpoints = Some(narrower_list("endpoints", &p.endpoints, child.endpoints.as_ref(), |ps, v| ps.is_empty() || ps.iter().any(|x| x == v))?);
-    out.providers = Some(narrower_list("providers", &p.providers, child.providers.as_ref(), |ps, v| ps.is_empty() || ps.iter().any(|x| x == v))?);
-    out.ip_allow = Some(narrower_list("ip_allow", &p.ip_allow, child.ip_allow.as_ref(), |ps, v| {
-        ps.is_empty()
-            || match crate::config::parse_cidr(v) {
-                Ok(c) => ps.iter().filter_map(|x| crate::config::parse_cidr(x).ok()).any(|pn| pn.contains(&c)),
-                Err(_) => false,
-            }
-    })?);
-    for v in [&mut out.models, &mut out.endpoints, &mut out.providers, &mut out.ip_allow] {
+    out.models = Some(narrower_list(
+        "models",
+        &p.models,
+        child.models.as_ref(),
+        glob_covered,
+    )?);
+    out.endpoints = Some(narrower_list(
+        "endpoints",
+        &p.endpoints,
+        child.endpoints.as_ref(),
+        |ps, v| ps.is_empty() || ps.iter().any(|x| x == v),
+    )?);
+    out.providers = Some(narrower_list(
+        "providers",
+        &p.providers,
+        child.providers.as_ref(),
+        |ps, v| ps.is_empty() || ps.iter().any(|x| x == v),
+    )?);
+    out.ip_allow = Some(narrower_list(
+        "ip_allow",
+        &p.ip_allow,
+        child.ip_allow.as_ref(),
+        |ps, v| {
+            ps.is_empty()
+                || match crate::config::parse_cidr(v) {
+                    Ok(c) => ps
+                        .iter()
+                        .filter_map(|x| crate::config::parse_cidr(x).ok())
+                        .any(|pn| pn.contains(&c)),
+                    Err(_) => false,
+                }
+        },
+    )?);
+    for v in [
+        &mut out.models,
+        &mut out.endpoints,
+        &mut out.providers,
+        &mut out.ip_allow,
+    ] {
         if v.as_ref().is_some_and(Vec::is_empty) {
             *v = None;
         }
     }
-    out.max_tokens_per_request = narrower_limit("max_tokens_per_request", p.max_tokens_per_request, child.max_tokens_per_request)?;
+    out.max_tokens_per_request = narrower_limit(
+        "max_tokens_per_request",
+        p.max_tokens_per_request,
+        child.max_tokens_per_request,
+    )?;
     out.rpm = narrower_limit("rpm", p.rpm, child.rpm)?;
     out.tpm = narrower_limit("tpm", p.tpm, child.tpm)?;
-    out.max_concurrency = narrower_limit("max_concurrency", p.max_concurrency, child.max_concurrency)?;
+    out.max_concurrency =
+        narrower_limit("max_concurrency", p.max_concurrency, child.max_concurrency)?;
     out.user = same_or_inherit("user", &parent.row.user, &child.user)?;
     out.team = same_or_inherit("team", &parent.row.team, &child.team)?;
     out.purpose = same_or_inherit("purpose", &parent.row.purpose, &child.purpose)?;
     out.environment = same_or_inherit("environment", &parent.row.environment, &child.environment)?;
     match (&p.guardrails, &child.guardrails) {
-        (Some(pg), Some(cg)) if pg != cg => return Err(ApiError::denied("guardrails: a child key keeps its parent's guardrails")),
+        (Some(pg), Some(cg)) if pg != cg => {
+            return Err(ApiError::denied(
+                "guardrails: a child key keeps its parent's guardrails",
+            ));
+        }
         (pg, _) => out.guardrails = pg.clone().or_else(|| child.guardrails.clone()),
     }
     if let Some(pe) = parent.row.expires_at
         && child_expires.is_some_and(|c| c > pe)
     {
-        return Err(ApiError::denied(format!("expires_at: a child key cannot outlive its parent (until {})", rfc3339(pe))));
+        return Err(ApiError::denied(format!(
+            "expires_at: a child key cannot outlive its parent (until {})",
+            rfc3339(pe)
+        )));
     }
     let _ = now;
     out.budget = match (parent_budget_remaining, &p.budget, &child.budget) {
-        (Some(rem), Some(pb), None) => Some(Budget { usd: rem, period: pb.period.clone() }),
+        (Some(rem), Some(pb), None) => Some(Budget {
+            usd: rem,
+            period: pb.period.clone(),
+        }),
         (Some(rem), Some(_), Some(cb)) if cb.usd > rem + 1e-12 => {
-            return Err(ApiError::denied(format!("budget.usd: {} is above what remains of the parent's budget ({rem:.4})", cb.usd)));
+            return Err(ApiError::denied(format!(
+                "budget.usd: {} is above what remains of the parent's budget ({rem:.4})",
+                cb.usd
+            )));
         }
         (_, _, c) => c.clone(),
     };
     out.log_bodies = match (p.log_bodies, child.log_bodies) {
-        (false, Some(true)) => return Err(ApiError::denied("log_bodies: the parent key does not log bodies")),
+        (false, Some(true)) => {
+            return Err(ApiError::denied(
+                "log_bodies: the parent key does not log bodies",
+            ));
+        }
         (pl, c) => c.or(pl.then_some(true)),
     };
     Ok(out)
 }
 
 /// `POST /bursar/v1/keys`: mint a child of the calling key, never wider.
-pub async fn mint_child(State(app): State<Arc<App>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request) -> Response {
+pub async fn mint_child(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
     match mint(&app, peer, req).await {
         Ok(r) => r,
         Err(e) => e.render(Shape::OpenAi),
@@ -195,8 +295,11 @@ pub async fn mint_child(State(app): State<Arc<App>>, ConnectInfo(peer): ConnectI
 
 async fn mint(app: &Arc<App>, peer: SocketAddr, req: Request) -> Result<Response, ApiError> {
     let (parent, ip) = caller(app, peer, &req)?;
-    let body = axum::body::to_bytes(req.into_body(), MAX_BODY).await.map_err(|_| ApiError::too_large(MAX_BODY))?;
-    let fields: KeyFields = serde_json::from_slice(&body).map_err(|e| ApiError::invalid_request(format!("the body is not a valid key: {e}")))?;
+    let body = axum::body::to_bytes(req.into_body(), MAX_BODY)
+        .await
+        .map_err(|_| ApiError::too_large(MAX_BODY))?;
+    let fields: KeyFields = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::invalid_request(format!("the body is not a valid key: {e}")))?;
     let now = now_ms();
     let mut fields = fields;
     // A child without a lifetime lives as long as its parent.
@@ -231,7 +334,8 @@ async fn mint(app: &Arc<App>, peer: SocketAddr, req: Request) -> Result<Response
         status: "active".into(),
         parent_id: Some(parent.row.id.clone()),
         expires_at: expires,
-        spec: serde_json::to_string(&fields.spec()).map_err(|e| ApiError::internal(e.to_string()))?,
+        spec: serde_json::to_string(&fields.spec())
+            .map_err(|e| ApiError::internal(e.to_string()))?,
         spend_usd: 0.0,
         created_at: now,
         updated_at: now,
@@ -241,7 +345,13 @@ async fn mint(app: &Arc<App>, peer: SocketAddr, req: Request) -> Result<Response
     let stored = async {
         app.store.insert_key(&row).await?;
         app.audit
-            .record(&format!("key:{}", parent.row.id), "key.derive", Some(&row.id), Some(ip.to_string()), json!({"parent_id": parent.row.id, "prefix": row.prefix, "name": row.name}))
+            .record(
+                &format!("key:{}", parent.row.id),
+                "key.derive",
+                Some(&row.id),
+                Some(ip.to_string()),
+                json!({"parent_id": parent.row.id, "prefix": row.prefix, "name": row.name}),
+            )
             .await?;
         app.reload_keys().await
     };
@@ -259,7 +369,11 @@ async fn mint(app: &Arc<App>, peer: SocketAddr, req: Request) -> Result<Response
 /// `POST /bursar/v1/report-leak`: text that contains leaked `bsr_` keys; each
 /// real one is revoked at once (with its children). No authentication: holding
 /// the key is the proof. The answer says how many were revoked, not which.
-pub async fn report_leak(State(app): State<Arc<App>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request) -> Response {
+pub async fn report_leak(
+    State(app): State<Arc<App>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
     let ip = surface::client_ip(peer, req.headers(), &app.trusted_proxies).to_string();
     let body = match axum::body::to_bytes(req.into_body(), MAX_BODY).await {
         Ok(b) => b,
@@ -270,7 +384,9 @@ pub async fn report_leak(State(app): State<Arc<App>>, ConnectInfo(peer): Connect
     let now = now_ms();
     let mut revoked = 0usize;
     for secret in &found {
-        if let super::cache::Lookup::Found(k) | super::cache::Lookup::Rotated(k) = app.keys.lookup(secret, now) {
+        if let super::cache::Lookup::Found(k) | super::cache::Lookup::Rotated(k) =
+            app.keys.lookup(secret, now)
+        {
             match app.store.revoke_cascade(&k.row.id, now).await {
                 Ok(ids) => {
                     revoked += ids.len();

@@ -54,6 +54,9 @@ impl Surface {
 pub fn endpoint_of(rest: &str) -> &'static str {
     let p = rest.strip_prefix("v1/").unwrap_or(rest);
     let p = p.strip_prefix("openai/").unwrap_or(p);
+    if p == "messages/count_tokens" {
+        return "count_tokens";
+    }
     let first = p.split('/').next().unwrap_or("");
     match first {
         "chat" => "chat",
@@ -75,9 +78,21 @@ pub fn endpoint_of(rest: &str) -> &'static str {
     }
 }
 
+/// The scope name an endpoint is authorized under (counting tokens is part of
+/// `messages`).
+pub fn scope_name(endpoint: &str) -> &str {
+    match endpoint {
+        "count_tokens" => "messages",
+        e => e,
+    }
+}
+
 /// Endpoints whose answers carry token usage.
 pub fn is_metered(endpoint: &str) -> bool {
-    matches!(endpoint, "chat" | "completions" | "embeddings" | "responses" | "messages")
+    matches!(
+        endpoint,
+        "chat" | "completions" | "embeddings" | "responses" | "messages"
+    )
 }
 
 /// The echo model's name for an endpoint path, if it serves it.
@@ -114,14 +129,24 @@ pub fn credential<'a>(headers: &'a HeaderMap, query: Option<&'a str>) -> Option<
             return Some(v);
         }
     }
-    query?.split('&').find_map(|kv| kv.strip_prefix("key=")).filter(|k| !k.is_empty())
+    query?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("key="))
+        .filter(|k| !k.is_empty())
 }
 
 /// The query string without a client credential (`key=`).
 pub fn strip_key_param(query: Option<&str>) -> Option<String> {
     let q = query?;
-    let kept: Vec<&str> = q.split('&').filter(|kv| !kv.starts_with("key=") && !kv.is_empty()).collect();
-    if kept.is_empty() { None } else { Some(kept.join("&")) }
+    let kept: Vec<&str> = q
+        .split('&')
+        .filter(|kv| !kv.starts_with("key=") && !kv.is_empty())
+        .collect();
+    if kept.is_empty() {
+        None
+    } else {
+        Some(kept.join("&"))
+    }
 }
 
 /// The client's address: the socket peer, or the first untrusted address in
@@ -246,7 +271,10 @@ mod tests {
         let h = HeaderMap::new();
         assert_eq!(credential(&h, Some("alt=sse&key=bsr_z")), Some("bsr_z"));
         assert_eq!(credential(&h, None), None);
-        assert_eq!(strip_key_param(Some("alt=sse&key=bsr_z")).as_deref(), Some("alt=sse"));
+        assert_eq!(
+            strip_key_param(Some("alt=sse&key=bsr_z")).as_deref(),
+            Some("alt=sse")
+        );
         assert_eq!(strip_key_param(Some("key=bsr_z")), None);
     }
 
@@ -257,17 +285,31 @@ mod tests {
         h.insert("x-forwarded-for", "203.0.113.9, 10.0.0.2".parse().unwrap());
         let proxy: SocketAddr = "10.0.0.1:5000".parse().unwrap();
         let stranger: SocketAddr = "198.51.100.1:5000".parse().unwrap();
-        assert_eq!(client_ip(proxy, &h, &trusted), "203.0.113.9".parse::<IpAddr>().unwrap());
-        assert_eq!(client_ip(stranger, &h, &trusted), "198.51.100.1".parse::<IpAddr>().unwrap());
-        assert_eq!(client_ip(proxy, &h, &[]), "10.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            client_ip(proxy, &h, &trusted),
+            "203.0.113.9".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            client_ip(stranger, &h, &trusted),
+            "198.51.100.1".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            client_ip(proxy, &h, &[]),
+            "10.0.0.1".parse::<IpAddr>().unwrap()
+        );
     }
 
     #[test]
     fn endpoint_names() {
         assert_eq!(endpoint_of("v1/chat/completions"), "chat");
-        assert_eq!(endpoint_of("v1/messages/count_tokens"), "messages");
+        assert_eq!(endpoint_of("v1/messages/count_tokens"), "count_tokens");
+        assert_eq!(scope_name("count_tokens"), "messages");
+        assert!(!is_metered("count_tokens"));
         assert_eq!(endpoint_of("v1/files/abc/content"), "files");
         assert_eq!(endpoint_of("v1/whatever"), "other");
-        assert_eq!(echo_endpoint("v1/messages/count_tokens"), Some("count_tokens"));
+        assert_eq!(
+            echo_endpoint("v1/messages/count_tokens"),
+            Some("count_tokens")
+        );
     }
 }

@@ -169,7 +169,10 @@ impl KeyFields {
         if let Some(eps) = &self.endpoints {
             for (i, e) in eps.iter().enumerate() {
                 if !ENDPOINTS.contains(&e.as_str()) {
-                    return Err(format!("endpoints[{i}]: unknown endpoint '{e}' (known: {})", ENDPOINTS.join(", ")));
+                    return Err(format!(
+                        "endpoints[{i}]: unknown endpoint '{e}' (known: {})",
+                        ENDPOINTS.join(", ")
+                    ));
                 }
             }
         }
@@ -195,7 +198,11 @@ impl KeyFields {
                 return Err("budget.usd: must be a non-negative number".into());
             }
             if !BUDGET_PERIODS.contains(&b.period.as_str()) {
-                return Err(format!("budget.period: '{}' must be one of {}", b.period, BUDGET_PERIODS.join(", ")));
+                return Err(format!(
+                    "budget.period: '{}' must be one of {}",
+                    b.period,
+                    BUDGET_PERIODS.join(", ")
+                ));
             }
         }
         if let Some(g) = &self.guardrails
@@ -204,16 +211,27 @@ impl KeyFields {
             return Err("guardrails: must be an object".into());
         }
         if let Some(m) = &self.metadata
-            && serde_json::to_string(m).map(|s| s.len()).unwrap_or(usize::MAX) > MAX_METADATA_BYTES
+            && serde_json::to_string(m)
+                .map(|s| s.len())
+                .unwrap_or(usize::MAX)
+                > MAX_METADATA_BYTES
         {
-            return Err(format!("metadata: at most {MAX_METADATA_BYTES} bytes of JSON"));
+            return Err(format!(
+                "metadata: at most {MAX_METADATA_BYTES} bytes of JSON"
+            ));
         }
         let expires = match (&self.expires_at, self.ttl_seconds) {
-            (Some(_), Some(_)) => return Err("expires_at: give either expires_at or ttl_seconds, not both".into()),
+            (Some(_), Some(_)) => {
+                return Err("expires_at: give either expires_at or ttl_seconds, not both".into());
+            }
             (Some(at), None) => {
                 let ms = crate::util::parse_time(at, now_ms)
                     .filter(|_| at.contains('T') || at.len() == 10)
-                    .ok_or_else(|| format!("expires_at: '{at}' is not an RFC 3339 time like 2027-01-01T00:00:00Z"))?;
+                    .ok_or_else(|| {
+                        format!(
+                            "expires_at: '{at}' is not an RFC 3339 time like 2027-01-01T00:00:00Z"
+                        )
+                    })?;
                 if ms <= now_ms {
                     return Err("expires_at: must be in the future".into());
                 }
@@ -281,18 +299,27 @@ mod tests {
     #[test]
     fn validates_and_names_fields() {
         let now = 1_000_000;
-        assert!(fields(serde_json::json!({})).validate(now).unwrap_err().starts_with("name"));
+        assert!(
+            fields(serde_json::json!({}))
+                .validate(now)
+                .unwrap_err()
+                .starts_with("name")
+        );
         let ok = fields(serde_json::json!({"name": "a", "ttl_seconds": 60}));
         assert_eq!(ok.validate(now).unwrap(), Some(now + 60_000));
         let bad = fields(serde_json::json!({"name": "a", "endpoints": ["chat", "nope"]}));
         assert!(bad.validate(now).unwrap_err().starts_with("endpoints[1]"));
         let bad = fields(serde_json::json!({"name": "a", "ip_allow": ["10.0.0.0/33"]}));
         assert!(bad.validate(now).unwrap_err().starts_with("ip_allow[0]"));
-        let bad = fields(serde_json::json!({"name": "a", "budget": {"usd": 5, "period": "hourly"}}));
+        let bad =
+            fields(serde_json::json!({"name": "a", "budget": {"usd": 5, "period": "hourly"}}));
         assert!(bad.validate(now).unwrap_err().starts_with("budget.period"));
         let bad = fields(serde_json::json!({"name": "a", "expires_at": "1970-01-01T00:00:00Z"}));
         assert!(bad.validate(now).unwrap_err().contains("future"));
-        assert!(serde_json::from_value::<KeyFields>(serde_json::json!({"name": "a", "bogus": 1})).is_err());
+        assert!(
+            serde_json::from_value::<KeyFields>(serde_json::json!({"name": "a", "bogus": 1}))
+                .is_err()
+        );
     }
 
     #[test]
@@ -340,7 +367,10 @@ impl OwnerFields {
             None => return Err("name: required".into()),
             Some(n) => {
                 check_str("name", &self.name)?;
-                if !n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c)) {
+                if !n
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c))
+                {
                     return Err("name: only letters, digits and - _ . @".into());
                 }
             }

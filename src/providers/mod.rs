@@ -68,7 +68,11 @@ impl Provider {
     }
 
     /// Set the provider's own credential on an upstream request.
-    pub fn authorize(&self, mut rb: reqwest::RequestBuilder, has_anthropic_version: bool) -> reqwest::RequestBuilder {
+    pub fn authorize(
+        &self,
+        mut rb: reqwest::RequestBuilder,
+        has_anthropic_version: bool,
+    ) -> reqwest::RequestBuilder {
         let key = self.next_key();
         match self.kind {
             Kind::OpenAi => {
@@ -101,7 +105,11 @@ pub fn join_url(base: &str, path: &str, query: Option<&str>) -> String {
     } else {
         path
     };
-    let mut url = if path.is_empty() { base.to_string() } else { format!("{base}/{path}") };
+    let mut url = if path.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}/{path}")
+    };
     if let Some(q) = query.filter(|q| !q.is_empty()) {
         url.push('?');
         url.push_str(q);
@@ -113,7 +121,10 @@ pub fn join_url(base: &str, path: &str, query: Option<&str>) -> String {
 #[derive(Clone)]
 pub enum Route {
     Echo,
-    Upstream { provider: Arc<Provider>, upstream_model: String },
+    Upstream {
+        provider: Arc<Provider>,
+        upstream_model: String,
+    },
 }
 
 pub struct Registry {
@@ -131,8 +142,15 @@ impl Registry {
         for (name, p) in &config.providers {
             let kind_name = p.kind.clone().unwrap_or_else(|| name.clone());
             let kind = Kind::parse(&kind_name).with_context(|| format!("providers.{name}.kind"))?;
-            let base_url = config.base_url(name, p).with_context(|| format!("providers.{name}.base_url"))?;
-            let mut keys: Vec<String> = p.api_keys.iter().filter(|k| !k.is_empty()).cloned().collect();
+            let base_url = config
+                .base_url(name, p)
+                .with_context(|| format!("providers.{name}.base_url"))?;
+            let mut keys: Vec<String> = p
+                .api_keys
+                .iter()
+                .filter(|k| !k.is_empty())
+                .cloned()
+                .collect();
             if let Some(k) = p.api_key.as_ref().filter(|k| !k.is_empty()) {
                 keys.insert(0, k.clone());
             }
@@ -151,8 +169,10 @@ impl Registry {
                 .context("building the HTTP client")?;
             let mut extra_headers = Vec::new();
             for (hn, hv) in &p.headers {
-                let n = HeaderName::try_from(hn.as_str()).with_context(|| format!("providers.{name}.headers: bad header name '{hn}'"))?;
-                let v = HeaderValue::try_from(hv.as_str()).with_context(|| format!("providers.{name}.headers.{hn}: bad header value"))?;
+                let n = HeaderName::try_from(hn.as_str())
+                    .with_context(|| format!("providers.{name}.headers: bad header name '{hn}'"))?;
+                let v = HeaderValue::try_from(hv.as_str())
+                    .with_context(|| format!("providers.{name}.headers.{hn}: bad header value"))?;
                 secrets.push(hv.clone());
                 extra_headers.push((n, v));
             }
@@ -173,7 +193,15 @@ impl Registry {
         let aliases = config
             .models
             .iter()
-            .map(|m| (m.name.clone(), (m.provider.clone(), m.model.clone().unwrap_or_else(|| m.name.clone()))))
+            .map(|m| {
+                (
+                    m.name.clone(),
+                    (
+                        m.provider.clone(),
+                        m.model.clone().unwrap_or_else(|| m.name.clone()),
+                    ),
+                )
+            })
             .collect();
         Ok(Registry {
             providers,
@@ -188,21 +216,27 @@ impl Registry {
 
     /// The provider for requests that name no model (files, batches, …).
     pub fn default_openai(&self) -> Option<&Arc<Provider>> {
-        self.providers.get("openai").filter(|p| p.kind == Kind::OpenAi).or_else(|| {
-            let mut it = self.providers.values().filter(|p| p.kind == Kind::OpenAi);
-            match (it.next(), it.next()) {
-                (Some(p), None) => Some(p),
-                _ => None,
-            }
-        })
+        self.providers
+            .get("openai")
+            .filter(|p| p.kind == Kind::OpenAi)
+            .or_else(|| {
+                let mut it = self.providers.values().filter(|p| p.kind == Kind::OpenAi);
+                match (it.next(), it.next()) {
+                    (Some(p), None) => Some(p),
+                    _ => None,
+                }
+            })
     }
 
     fn first_of_kind(&self, kind: Kind, preferred: &str) -> Option<&Arc<Provider>> {
-        self.providers.get(preferred).filter(|p| p.kind == kind).or_else(|| {
-            let mut v: Vec<_> = self.providers.values().filter(|p| p.kind == kind).collect();
-            v.sort_by(|a, b| a.name.cmp(&b.name));
-            v.into_iter().next()
-        })
+        self.providers
+            .get(preferred)
+            .filter(|p| p.kind == kind)
+            .or_else(|| {
+                let mut v: Vec<_> = self.providers.values().filter(|p| p.kind == kind).collect();
+                v.sort_by(|a, b| a.name.cmp(&b.name));
+                v.into_iter().next()
+            })
     }
 
     /// Route a model name asked for on the OpenAI surface.
@@ -291,7 +325,11 @@ impl Scrubber {
                 .build(&secrets)
                 .ok()
         };
-        Scrubber { matcher, longest, secrets }
+        Scrubber {
+            matcher,
+            longest,
+            secrets,
+        }
     }
 
     pub fn is_active(&self) -> bool {
@@ -302,7 +340,8 @@ impl Scrubber {
     pub fn scrub(&self, data: bytes::Bytes) -> bytes::Bytes {
         match &self.matcher {
             Some(m) if m.is_match(data.as_ref()) => {
-                let replaced = m.replace_all_bytes(&data, &vec![REDACTED.as_bytes(); self.secrets.len()]);
+                let replaced =
+                    m.replace_all_bytes(&data, &vec![REDACTED.as_bytes(); self.secrets.len()]);
                 bytes::Bytes::from(replaced)
             }
             _ => data,
@@ -340,10 +379,26 @@ mod tests {
 
     #[test]
     fn joins_urls_without_repeating_a_segment() {
-        assert_eq!(join_url("https://api.openai.com/v1", "v1/chat/completions", None), "https://api.openai.com/v1/chat/completions");
-        assert_eq!(join_url("https://api.anthropic.com", "v1/messages", Some("beta=true")), "https://api.anthropic.com/v1/messages?beta=true");
-        assert_eq!(join_url("http://h:1/v1/", "/v1/models", None), "http://h:1/v1/models");
-        assert_eq!(join_url("http://h:1/openai", "v1/models", None), "http://h:1/openai/v1/models");
+        assert_eq!(
+            join_url("https://api.openai.com/v1", "v1/chat/completions", None),
+            "https://api.openai.com/v1/chat/completions"
+        );
+        assert_eq!(
+            join_url(
+                "https://api.anthropic.com",
+                "v1/messages",
+                Some("beta=true")
+            ),
+            "https://api.anthropic.com/v1/messages?beta=true"
+        );
+        assert_eq!(
+            join_url("http://h:1/v1/", "/v1/models", None),
+            "http://h:1/v1/models"
+        );
+        assert_eq!(
+            join_url("http://h:1/openai", "v1/models", None),
+            "http://h:1/openai/v1/models"
+        );
     }
 
     #[test]

@@ -25,7 +25,9 @@ impl Usage {
         let prompt = if u.get("prompt_tokens").is_some() {
             num(u, "prompt_tokens")
         } else {
-            num(u, "input_tokens") + num(u, "cache_creation_input_tokens") + num(u, "cache_read_input_tokens")
+            num(u, "input_tokens")
+                + num(u, "cache_creation_input_tokens")
+                + num(u, "cache_read_input_tokens")
         };
         let completion = if u.get("completion_tokens").is_some() {
             num(u, "completion_tokens")
@@ -37,7 +39,11 @@ impl Usage {
 
     /// Usage carried by a response body or a stream event, wherever it sits.
     pub fn from_json(v: &Value) -> Option<Usage> {
-        for path in [&["usage"][..], &["message", "usage"], &["response", "usage"]] {
+        for path in [
+            &["usage"][..],
+            &["message", "usage"],
+            &["response", "usage"],
+        ] {
             let mut cur = v;
             let mut found = true;
             for p in path {
@@ -53,8 +59,7 @@ impl Usage {
                 return Some(u);
             }
         }
-        // Anthropic count_tokens answers {"input_tokens": N}.
-        v.get("input_tokens").and_then(Value::as_u64).map(|p| Usage { prompt: p, completion: 0 })
+        None
     }
 
     /// Merge a later report: streamed counts are cumulative, so keep the larger.
@@ -125,6 +130,39 @@ pub struct SseTap {
     pub usage: Usage,
     pub saw_usage: bool,
     hide_usage_chunk: bool,
+    /// The text streamed so far (bounded), to estimate completion tokens
+    /// when a stream ends before its usage report.
+    text: String,
+    text_overflow: usize,
+}
+
+/// Most streamed text kept for the completion estimate.
+const MAX_TAP_TEXT: usize = 1024 * 1024;
+
+/// Text deltas of every streamed shape: OpenAI chat and completions,
+/// Anthropic `content_block_delta`, Responses `output_text.delta`.
+fn delta_text(v: &Value, out: &mut String) {
+    if let Some(choices) = v.get("choices").and_then(Value::as_array) {
+        for c in choices {
+            if let Some(t) = c.pointer("/delta/content").and_then(Value::as_str) {
+                out.push_str(t);
+            }
+            if let Some(t) = c.get("text").and_then(Value::as_str) {
+                out.push_str(t);
+            }
+        }
+    }
+    match v.get("delta") {
+        Some(Value::String(t)) => out.push_str(t),
+        Some(d) => {
+            for k in ["text", "partial_json", "thinking"] {
+                if let Some(t) = d.get(k).and_then(Value::as_str) {
+                    out.push_str(t);
+                }
+            }
+        }
+        None => {}
+    }
 }
 
 impl SseTap {
@@ -134,19 +172,56 @@ impl SseTap {
             usage: Usage::default(),
             saw_usage: false,
             hide_usage_chunk,
+            text: String::new(),
+            text_overflow: 0,
+        }
+    }
+
+    /// Usage for a stream that did not end normally: the reported counts, or
+    /// where larger, the streamed text's tokens and the prompt estimate.
+    pub fn usage_at_least(&self, prompt_estimate: u64) -> Usage {
+        let counted = super::tokens::count(&self.text) + (self.text_overflow / 4) as u64;
+        Usage {
+            prompt: if self.usage.prompt == 0 {
+                prompt_estimate
+            } else {
+                self.usage.prompt
+            },
+            completion: self.usage.completion.max(counted),
         }
     }
 
     fn inspect(&mut self, event: &Bytes) -> bool {
-        if memchr::memmem::find(event, b"usage").is_none() && memchr::memmem::find(event, b"input_tokens").is_none() {
+        let has_usage = memchr::memmem::find(event, b"usage").is_some();
+        let has_delta = memchr::memmem::find(event, b"delta").is_some()
+            || memchr::memmem::find(event, b"\"text\"").is_some();
+        if !has_usage && !has_delta {
             return true;
         }
-        let Some(data) = event_data(event) else { return true };
-        let Ok(v) = serde_json::from_str::<Value>(&data) else { return true };
+        let Some(data) = event_data(event) else {
+            return true;
+        };
+        let Ok(v) = serde_json::from_str::<Value>(&data) else {
+            return true;
+        };
+        if has_delta {
+            let before = self.text.len();
+            let mut t = String::new();
+            delta_text(&v, &mut t);
+            if before + t.len() <= MAX_TAP_TEXT {
+                self.text.push_str(&t);
+            } else {
+                self.text_overflow += t.len();
+            }
+        }
         if let Some(u) = Usage::from_json(&v) {
             self.usage.merge(u);
             self.saw_usage = true;
-            if self.hide_usage_chunk && v.get("choices").and_then(Value::as_array).is_some_and(|c| c.is_empty()) {
+            if self.hide_usage_chunk
+                && v.get("choices")
+                    .and_then(Value::as_array)
+                    .is_some_and(|c| c.is_empty())
+            {
                 return false;
             }
         }
@@ -181,23 +256,55 @@ mod tests {
     #[test]
     fn reads_every_usage_shape() {
         let openai = serde_json::json!({"usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}});
-        assert_eq!(Usage::from_json(&openai), Some(Usage { prompt: 5, completion: 7 }));
+        assert_eq!(
+            Usage::from_json(&openai),
+            Some(Usage {
+                prompt: 5,
+                completion: 7
+            })
+        );
         let anth = serde_json::json!({"type": "message_start", "message": {"usage": {"input_tokens": 9, "output_tokens": 1, "cache_read_input_tokens": 1}}});
-        assert_eq!(Usage::from_json(&anth), Some(Usage { prompt: 10, completion: 1 }));
+        assert_eq!(
+            Usage::from_json(&anth),
+            Some(Usage {
+                prompt: 10,
+                completion: 1
+            })
+        );
         let resp = serde_json::json!({"type": "response.completed", "response": {"usage": {"input_tokens": 3, "output_tokens": 4}}});
-        assert_eq!(Usage::from_json(&resp), Some(Usage { prompt: 3, completion: 4 }));
+        assert_eq!(
+            Usage::from_json(&resp),
+            Some(Usage {
+                prompt: 3,
+                completion: 4
+            })
+        );
         assert_eq!(Usage::from_json(&serde_json::json!({"usage": null})), None);
-        assert_eq!(Usage::from_json(&serde_json::json!({"input_tokens": 11})), Some(Usage { prompt: 11, completion: 0 }));
+        assert_eq!(
+            Usage::from_json(&serde_json::json!({"input_tokens": 11})),
+            None,
+            "count_tokens is not usage"
+        );
     }
 
     #[test]
     fn splits_events_across_chunks_and_hides_usage_chunk() {
         let mut tap = SseTap::new(true);
-        let a = tap.push(b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\nda");
-        assert_eq!(&a[..], b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\n");
+        let a = tap
+            .push(b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\nda");
+        assert_eq!(
+            &a[..],
+            b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}],\"usage\":null}\n\n"
+        );
         let b = tap.push(b"ta: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2}}\n\ndata: [DONE]\n\n");
         assert_eq!(&b[..], b"data: [DONE]\n\n");
-        assert_eq!(tap.usage, Usage { prompt: 3, completion: 2 });
+        assert_eq!(
+            tap.usage,
+            Usage {
+                prompt: 3,
+                completion: 2
+            }
+        );
         assert!(tap.finish().is_empty());
     }
 
@@ -207,6 +314,12 @@ mod tests {
         let body = "event: message_start\r\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":25,\"output_tokens\":1}}}\r\n\r\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":15}}\n\n";
         let out = tap.push(body.as_bytes());
         assert_eq!(out.len(), body.len());
-        assert_eq!(tap.usage, Usage { prompt: 25, completion: 15 });
+        assert_eq!(
+            tap.usage,
+            Usage {
+                prompt: 25,
+                completion: 15
+            }
+        );
     }
 }

@@ -125,7 +125,9 @@ pub struct UsageFilter {
 }
 
 /// Columns usage can be grouped by.
-pub const GROUP_COLUMNS: &[&str] = &["model", "key_id", "user", "team", "day", "provider", "purpose", "endpoint"];
+pub const GROUP_COLUMNS: &[&str] = &[
+    "model", "key_id", "user", "team", "day", "provider", "purpose", "endpoint",
+];
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct UsageGroup {
@@ -167,7 +169,11 @@ pub trait Store: Send + Sync {
     /// keys' spend.
     async fn insert_usage(&self, rows: &[UsageRow]) -> Result<()>;
     async fn list_usage(&self, filter: &UsageFilter) -> Result<Vec<UsageRow>>;
-    async fn group_usage(&self, filter: &UsageFilter, group_by: &[String]) -> Result<Vec<UsageGroup>>;
+    async fn group_usage(
+        &self,
+        filter: &UsageFilter,
+        group_by: &[String],
+    ) -> Result<Vec<UsageGroup>>;
 
     /// Settled spend since `since_ms` of a key (`key_id`), user (`user_name`) or team (`team`).
     async fn spend_since(&self, column: &str, value: &str, since_ms: i64) -> Result<f64>;
@@ -178,7 +184,13 @@ pub trait Store: Send + Sync {
 
     /// Append an entry to the hash chain; answers the stored row.
     async fn append_audit(&self, entry: &AuditEntry) -> Result<AuditRow>;
-    async fn list_audit(&self, since: Option<i64>, until: Option<i64>, limit: i64, cursor: Option<i64>) -> Result<Vec<AuditRow>>;
+    async fn list_audit(
+        &self,
+        since: Option<i64>,
+        until: Option<i64>,
+        limit: i64,
+        cursor: Option<i64>,
+    ) -> Result<Vec<AuditRow>>;
     async fn verify_audit(&self) -> Result<AuditVerdict>;
 }
 

@@ -13,6 +13,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 pub struct SqlStore {
     pool: AnyPool,
+    is_sqlite: bool,
 }
 
 /// A bind value for dynamically built queries.
@@ -21,7 +22,10 @@ enum Arg {
     I(Option<i64>),
 }
 
-fn bind_all<'q>(mut q: Query<'q, Any, AnyArguments<'q>>, args: &'q [Arg]) -> Query<'q, Any, AnyArguments<'q>> {
+fn bind_all<'q>(
+    mut q: Query<'q, Any, AnyArguments<'q>>,
+    args: &'q [Arg],
+) -> Query<'q, Any, AnyArguments<'q>> {
     for a in args {
         q = match a {
             Arg::S(s) => q.bind(s.as_deref()),
@@ -41,7 +45,8 @@ struct Where {
 impl Where {
     fn push(&mut self, sql: &str, arg: Arg) {
         self.args.push(arg);
-        self.clauses.push(sql.replace('?', &format!("${}", self.args.len())));
+        self.clauses
+            .push(sql.replace('?', &format!("${}", self.args.len())));
     }
     fn sql(&self) -> String {
         if self.clauses.is_empty() {
@@ -201,11 +206,22 @@ impl SqlStore {
             .connect(&normalize_url(url))
             .await
             .with_context(|| format!("store: cannot open database {}", redact_url(url)))?;
-        Ok(SqlStore { pool })
+        Ok(SqlStore { pool, is_sqlite })
+    }
+
+    /// A transaction that will write: on SQLite it takes the write lock at
+    /// once (`BEGIN IMMEDIATE`), so a read-then-write transaction waits for
+    /// another writer instead of failing with "database is locked".
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, Any>> {
+        Ok(if self.is_sqlite {
+            self.pool.begin_with("BEGIN IMMEDIATE").await?
+        } else {
+            self.pool.begin().await?
+        })
     }
 
     async fn append_once(&self, entry: &AuditEntry, detail: &str) -> Result<AuditRow> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
             .fetch_optional(&mut *tx)
             .await?;
@@ -215,18 +231,20 @@ impl SqlStore {
         };
         let seq = prev_seq + 1;
         let hash = audit_hash(&prev_hash, seq, entry, detail);
-        sqlx::query(&format!("INSERT INTO audit ({AUDIT_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)"))
-            .bind(seq)
-            .bind(entry.ts)
-            .bind(entry.actor.as_str())
-            .bind(entry.action.as_str())
-            .bind(entry.target.as_deref())
-            .bind(entry.ip.as_deref())
-            .bind(detail)
-            .bind(prev_hash.as_str())
-            .bind(hash.as_str())
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(&format!(
+            "INSERT INTO audit ({AUDIT_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)"
+        ))
+        .bind(seq)
+        .bind(entry.ts)
+        .bind(entry.actor.as_str())
+        .bind(entry.action.as_str())
+        .bind(entry.target.as_deref())
+        .bind(entry.ip.as_deref())
+        .bind(detail)
+        .bind(prev_hash.as_str())
+        .bind(hash.as_str())
+        .execute(&mut *tx)
+        .await?;
         sqlx::query(
             "INSERT INTO audit_head (id, seq, hash) VALUES (1, $1, $2) ON CONFLICT (id) DO UPDATE SET seq = $1, hash = $2",
         )
@@ -263,7 +281,10 @@ pub fn redact_url(url: &str) -> String {
 #[async_trait]
 impl Store for SqlStore {
     async fn migrate(&self) -> Result<()> {
-        MIGRATOR.run(&self.pool).await.context("store: migration failed")?;
+        MIGRATOR
+            .run(&self.pool)
+            .await
+            .context("store: migration failed")?;
         Ok(())
     }
 
@@ -320,11 +341,17 @@ impl Store for SqlStore {
             Some("revoked") => w.push("status = ?", Arg::S(Some("revoked".into()))),
             Some("expired") => {
                 w.push("status = ?", Arg::S(Some("active".into())));
-                w.push("expires_at IS NOT NULL AND expires_at <= ?", Arg::I(Some(now_ms)));
+                w.push(
+                    "expires_at IS NOT NULL AND expires_at <= ?",
+                    Arg::I(Some(now_ms)),
+                );
             }
             Some("active") => {
                 w.push("status = ?", Arg::S(Some("active".into())));
-                w.push("(expires_at IS NULL OR expires_at > ?)", Arg::I(Some(now_ms)));
+                w.push(
+                    "(expires_at IS NULL OR expires_at > ?)",
+                    Arg::I(Some(now_ms)),
+                );
             }
             _ => {}
         }
@@ -351,7 +378,7 @@ impl Store for SqlStore {
     }
 
     async fn revoke_cascade(&self, id: &str, now_ms: i64) -> Result<Vec<String>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let mut all = vec![id.to_string()];
         let mut frontier = vec![id.to_string()];
         while let Some(parent) = frontier.pop() {
@@ -398,9 +425,11 @@ impl Store for SqlStore {
     }
 
     async fn admin_keys(&self) -> Result<Vec<AdminKeyRow>> {
-        let rows = sqlx::query("SELECT id, name, prefix, key_hash, created_at, revoked_at FROM admin_keys")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT id, name, prefix, key_hash, created_at, revoked_at FROM admin_keys",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
             .map(|r| {
                 Ok(AdminKeyRow {
@@ -419,8 +448,9 @@ impl Store for SqlStore {
         if rows.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
-        let mut spend: std::collections::HashMap<&str, (f64, i64)> = std::collections::HashMap::new();
+        let mut tx = self.begin_write().await?;
+        let mut spend: std::collections::HashMap<&str, (f64, i64)> =
+            std::collections::HashMap::new();
         let sql = format!(
             "INSERT INTO usage ({USAGE_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14) ON CONFLICT (request_id) DO NOTHING"
         );
@@ -491,13 +521,18 @@ impl Store for SqlStore {
             };
             exprs.push(format!("{expr} AS g{i}"));
         }
-        let groups = (0..group_by.len()).map(|i| format!("g{i}")).collect::<Vec<_>>().join(", ");
+        let groups = (0..group_by.len())
+            .map(|i| format!("g{i}"))
+            .collect::<Vec<_>>()
+            .join(", ");
         let sql = format!(
             "SELECT {}, COUNT(*) AS requests, CAST(SUM(prompt_tokens) AS BIGINT) AS pt, CAST(SUM(completion_tokens) AS BIGINT) AS ct, SUM(cost_usd) AS cost FROM usage{} GROUP BY {groups} ORDER BY {groups}",
             exprs.join(", "),
             w.sql()
         );
-        let rows = bind_all(sqlx::query(&sql), &w.args).fetch_all(&self.pool).await?;
+        let rows = bind_all(sqlx::query(&sql), &w.args)
+            .fetch_all(&self.pool)
+            .await?;
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
             let mut fields = Vec::new();
@@ -508,7 +543,8 @@ impl Store for SqlStore {
                     serde_json::Value::String(crate::util::day_string(day))
                 } else {
                     let s: Option<String> = r.try_get(col.as_str())?;
-                    s.map(serde_json::Value::String).unwrap_or(serde_json::Value::Null)
+                    s.map(serde_json::Value::String)
+                        .unwrap_or(serde_json::Value::Null)
                 };
                 fields.push((g.clone(), v));
             }
@@ -528,11 +564,13 @@ impl Store for SqlStore {
             "key_id" | "user_name" | "team" => column,
             other => anyhow::bail!("spend_since: unknown column {other}"),
         };
-        let r = sqlx::query(&format!("SELECT SUM(cost_usd) AS s FROM usage WHERE {col} = $1 AND created_at >= $2"))
-            .bind(value)
-            .bind(since_ms)
-            .fetch_one(&self.pool)
-            .await?;
+        let r = sqlx::query(&format!(
+            "SELECT SUM(cost_usd) AS s FROM usage WHERE {col} = $1 AND created_at >= $2"
+        ))
+        .bind(value)
+        .bind(since_ms)
+        .fetch_one(&self.pool)
+        .await?;
         Ok(r.try_get::<Option<f64>, _>("s")?.unwrap_or(0.0))
     }
 
@@ -592,7 +630,13 @@ impl Store for SqlStore {
         Err(last_err.unwrap_or_else(|| anyhow::anyhow!("audit append failed")))
     }
 
-    async fn list_audit(&self, since: Option<i64>, until: Option<i64>, limit: i64, cursor: Option<i64>) -> Result<Vec<AuditRow>> {
+    async fn list_audit(
+        &self,
+        since: Option<i64>,
+        until: Option<i64>,
+        limit: i64,
+        cursor: Option<i64>,
+    ) -> Result<Vec<AuditRow>> {
         let mut w = Where::default();
         if let Some(s) = since {
             w.push("ts >= ?", Arg::I(Some(s)));
@@ -632,10 +676,18 @@ impl Store for SqlStore {
             }
             for r in rows {
                 if r.seq != prev_seq + 1 {
-                    return Ok(bad(prev_seq + 1, checked, format!("row {} is missing", prev_seq + 1)));
+                    return Ok(bad(
+                        prev_seq + 1,
+                        checked,
+                        format!("row {} is missing", prev_seq + 1),
+                    ));
                 }
                 if r.prev_hash != prev_hash {
-                    return Ok(bad(r.seq, checked, format!("row {} does not link to row {}", r.seq, prev_seq)));
+                    return Ok(bad(
+                        r.seq,
+                        checked,
+                        format!("row {} does not link to row {}", r.seq, prev_seq),
+                    ));
                 }
                 let entry = AuditEntry {
                     ts: r.ts,
@@ -660,7 +712,11 @@ impl Store for SqlStore {
             let head_seq: i64 = h.try_get("seq")?;
             let head_hash: String = h.try_get("hash")?;
             if head_seq != prev_seq || head_hash != prev_hash {
-                return Ok(bad(prev_seq + 1, checked, format!("rows after {prev_seq} were deleted (head is at {head_seq})")));
+                return Ok(bad(
+                    prev_seq + 1,
+                    checked,
+                    format!("rows after {prev_seq} were deleted (head is at {head_seq})"),
+                ));
             }
         } else if checked > 0 {
             return Ok(bad(1, checked, "the chain head is missing".into()));

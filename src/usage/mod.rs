@@ -98,6 +98,9 @@ async fn write_with_retry(store: &dyn Store, batch: &mut Vec<UsageRow>) {
             }
         }
     }
-    tracing::error!(rows = batch.len(), "usage rows could not be written and were dropped");
+    tracing::error!(
+        rows = batch.len(),
+        "usage rows could not be written and were dropped"
+    );
     batch.clear();
 }

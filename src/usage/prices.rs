@@ -45,7 +45,10 @@ const TABLE: &[(&str, Kind, f64, f64)] = &[
 
 /// The built-in `echo` model's fictitious price, so that cost accounting and
 /// budgets can be exercised without a real provider.
-pub const ECHO_PRICE: Price = Price { input_per_mtok: 1.0, output_per_mtok: 2.0 };
+pub const ECHO_PRICE: Price = Price {
+    input_per_mtok: 1.0,
+    output_per_mtok: 2.0,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Price {
@@ -55,7 +58,8 @@ pub struct Price {
 
 impl Price {
     pub fn cost(&self, prompt: u64, completion: u64) -> f64 {
-        (prompt as f64 * self.input_per_mtok + completion as f64 * self.output_per_mtok) / 1_000_000.0
+        (prompt as f64 * self.input_per_mtok + completion as f64 * self.output_per_mtok)
+            / 1_000_000.0
     }
 }
 
@@ -73,11 +77,10 @@ impl Prices {
         let mut overrides = HashMap::new();
         for m in &config.models {
             if m.input_per_mtok.is_some() || m.output_per_mtok.is_some() {
-                let base = m
-                    .model
-                    .as_deref()
-                    .and_then(builtin)
-                    .unwrap_or(Price { input_per_mtok: 0.0, output_per_mtok: 0.0 });
+                let base = m.model.as_deref().and_then(builtin).unwrap_or(Price {
+                    input_per_mtok: 0.0,
+                    output_per_mtok: 0.0,
+                });
                 overrides.insert(
                     m.name.clone(),
                     Price {
@@ -107,9 +110,16 @@ pub fn builtin(model: &str) -> Option<Price> {
     let model = model.rsplit('/').next().unwrap_or(model);
     let mut best: Option<(usize, Price)> = None;
     for (name, _, i, o) in TABLE {
-        let hit = model == *name || (model.starts_with(name) && model.as_bytes().get(name.len()) == Some(&b'-'));
+        let hit = model == *name
+            || (model.starts_with(name) && model.as_bytes().get(name.len()) == Some(&b'-'));
         if hit && best.is_none_or(|(len, _)| name.len() > len) {
-            best = Some((name.len(), Price { input_per_mtok: *i, output_per_mtok: *o }));
+            best = Some((
+                name.len(),
+                Price {
+                    input_per_mtok: *i,
+                    output_per_mtok: *o,
+                },
+            ));
         }
     }
     best.map(|(_, p)| p)
@@ -121,13 +131,28 @@ mod tests {
 
     #[test]
     fn longest_prefix_wins() {
-        assert_eq!(builtin("gpt-4o-mini-2024-07-18").map(|p| p.input_per_mtok), Some(0.15));
-        assert_eq!(builtin("gpt-4o-2024-08-06").map(|p| p.input_per_mtok), Some(2.50));
-        assert_eq!(builtin("claude-sonnet-4-5-20250929").map(|p| p.output_per_mtok), Some(15.0));
-        assert_eq!(builtin("openai/gpt-4o").map(|p| p.input_per_mtok), Some(2.50));
+        assert_eq!(
+            builtin("gpt-4o-mini-2024-07-18").map(|p| p.input_per_mtok),
+            Some(0.15)
+        );
+        assert_eq!(
+            builtin("gpt-4o-2024-08-06").map(|p| p.input_per_mtok),
+            Some(2.50)
+        );
+        assert_eq!(
+            builtin("claude-sonnet-4-5-20250929").map(|p| p.output_per_mtok),
+            Some(15.0)
+        );
+        assert_eq!(
+            builtin("openai/gpt-4o").map(|p| p.input_per_mtok),
+            Some(2.50)
+        );
         assert!(builtin("llama3.1:8b").is_none());
         assert!(builtin("gpt-4oo").is_none());
-        let p = Price { input_per_mtok: 1.0, output_per_mtok: 2.0 };
+        let p = Price {
+            input_per_mtok: 1.0,
+            output_per_mtok: 2.0,
+        };
         assert!((p.cost(1_000_000, 500_000) - 2.0).abs() < 1e-12);
     }
 }

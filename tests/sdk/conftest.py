@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sdkutil import ADMIN_KEY, ANTHROPIC_SECRET, BURSAR_BIN, MOCK_BIN, OPENAI_SECRET, clean_env
+from sdkutil import ADMIN_KEY, ANTHROPIC_SECRET, BURSAR_BIN, MOCK_BIN, OPENAI_SECRET, MAX_BODY_BYTES, clean_env
 
 START_TIMEOUT = 30.0
 USAGE_TIMEOUT = 10.0
@@ -202,6 +202,8 @@ def gateway(request):
         config = tmp / "bursar.toml"
         config.write_text(
             f"""\
+max_body_bytes = {MAX_BODY_BYTES}
+
 [providers.openai]
 base_url = "{mock.url}/v1"
 api_key  = "{OPENAI_SECRET}"

@@ -14,6 +14,8 @@ MOCK_BIN = Path(os.environ.get("MOCK_BIN") or _TARGET / "debug" / "mock-upstream
 ADMIN_KEY = "bsra_sdk_test_admin_key_0001"
 OPENAI_SECRET = "sk-real-openai-secret-123456"
 ANTHROPIC_SECRET = "sk-ant-real-secret-123456"
+# The gateway's body limit in the suite's config (small, to test 413 cheaply).
+MAX_BODY_BYTES = 1 << 20
 SECRET_FRAGMENTS = ("sk-real-openai-secret", "sk-ant-real-secret")
 
 # Built-in prices (USD per million tokens) of the models the tests use.
@@ -75,5 +77,6 @@ def clean_env(**extra: str) -> dict[str, str]:
     variables leaking in from the caller's shell, plus `extra`."""
     drop = ("BURSAR_", "OPENAI_", "ANTHROPIC_", "CO_API_KEY", "HF_TOKEN")
     env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+    env["NO_COLOR"] = "1"  # plain log files
     env.update(extra)
     return env

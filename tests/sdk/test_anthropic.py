@@ -101,11 +101,6 @@ def test_count_tokens_matches_messages(gateway, key, model):
     assert counted.input_tokens == message.usage.input_tokens
 
 
-@pytest.mark.xfail(
-    reason="bug: bursar bills messages/count_tokens as if its input tokens were consumed "
-    "(Anthropic's token counting is free); it must not add to cost_usd / spend",
-    strict=True,
-)
 @pytest.mark.parametrize("model", ["claude-sonnet-4-5", "echo"])
 def test_count_tokens_is_not_billed(gateway, key, model):
     c = client(gateway, key)
@@ -124,17 +119,32 @@ def test_count_tokens_is_not_billed(gateway, key, model):
     assert spend == pytest.approx(billed_cost, rel=1e-9, abs=1e-12)
 
 
+def test_stream_closed_before_message_delta_is_still_counted(gateway, key):
+    text = "one two three four five"
+    got = ""
+    with client(gateway, key).messages.stream(model="mock-slow", max_tokens=64, messages=msgs(text)) as s:
+        for event in s:
+            if event.type == "text":
+                got += event.text
+            if event.type == "content_block_stop":
+                break
+    assert got == f"mock: {text}"  # the client has the whole answer
+    row = gateway.usage_row(key.id)
+    assert row["status"] == 499, row
+    assert row["prompt_tokens"] == mock_input_tokens_no_system(text), row
+    assert row["completion_tokens"] >= words(got), row
+
+
+def mock_input_tokens_no_system(text: str) -> int:
+    return words(text) + 7
+
+
 def test_models_list_scoped_key(gateway, new_key):
     key = new_key(models=["claude-haiku-*", "echo"])
     ids = [m.id for m in client(gateway, key).models.list()]
     assert ids == ["claude-haiku-4-5"]
 
 
-@pytest.mark.xfail(
-    reason="bug: the Anthropic SDK reads `request-id` for `message._request_id`; bursar drops "
-    "the upstream's and sets only `x-request-id`, so `_request_id` is None on the Anthropic surface",
-    strict=True,
-)
 def test_request_id_reaches_the_sdk(gateway, key):
     raw = client(gateway, key).messages.with_raw_response.create(
         model="claude-haiku-4-5", max_tokens=16, messages=msgs("which request")
@@ -142,6 +152,23 @@ def test_request_id_reaches_the_sdk(gateway, key):
     message = raw.parse()
     assert message._request_id == raw.headers["x-request-id"]
     gateway.usage_row(key.id, message._request_id)
+
+
+def test_beta_messages(gateway, key, marker):
+    """`client.beta` sends `anthropic-beta`; it reaches the provider."""
+    text = f"beta hello {marker}"
+    message = client(gateway, key).beta.messages.create(
+        model="claude-sonnet-4-5", max_tokens=64, messages=msgs(text), betas=["context-management-2025-06-27"]
+    )
+    assert message.content[0].text == f"mock: {text}"
+    (up,) = gateway.upstream_requests(marker)
+    assert up["path"] == "/v1/messages"
+    assert up["headers"].get("anthropic-beta") == "context-management-2025-06-27"
+    row = gateway.usage_row(key.id)
+    assert_usage_row(
+        row, key=key, model="claude-sonnet-4-5", provider="anthropic", endpoint="messages",
+        prompt=message.usage.input_tokens, completion=message.usage.output_tokens,
+    )
 
 
 # ------------------------------------------------------------------- errors
@@ -179,6 +206,15 @@ def test_model_outside_scope(gateway, new_key):
     # A model the glob allows goes through.
     ok = c.messages.create(model="claude-haiku-4-5", max_tokens=16, messages=msgs("allowed"))
     assert ok.content[0].text == "mock: allowed"
+
+
+def test_provider_outside_scope(gateway, new_key):
+    key = new_key(providers=["openai", "echo"])
+    c = client(gateway, key)
+    assert c.messages.create(model="echo", max_tokens=16, messages=msgs("echo is fine")).content
+    with pytest.raises(anthropic.PermissionDeniedError) as ei:
+        c.messages.create(model="claude-haiku-4-5", max_tokens=16, messages=msgs("not this provider"))
+    assert ei.value.body["error"]["type"] == "permission_denied"
 
 
 def test_max_tokens_above_key_limit(gateway, new_key):
