@@ -39,6 +39,40 @@ pub struct Config {
     pub usage: UsageConfig,
     #[serde(default)]
     pub alerts: AlertsConfig,
+    #[serde(default)]
+    pub guardrails: GuardrailsConfig,
+}
+
+/// Gateway-wide guardrail settings; each key, user or team picks its modes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardrailsConfig {
+    /// Extra DLP rules: `[{ name = "project_code", pattern = "PRJ-[0-9]{6}" }]`.
+    #[serde(default)]
+    pub dlp_custom: Vec<crate::policy::CustomRule>,
+    /// A request is anomalous above this many times the key's baseline.
+    #[serde(default = "default_anomaly_factor")]
+    pub anomaly_factor: f64,
+    /// Requests per key before anomalies are judged.
+    #[serde(default = "default_anomaly_warmup")]
+    pub anomaly_warmup: u64,
+}
+
+impl Default for GuardrailsConfig {
+    fn default() -> Self {
+        Self {
+            dlp_custom: Vec::new(),
+            anomaly_factor: default_anomaly_factor(),
+            anomaly_warmup: default_anomaly_warmup(),
+        }
+    }
+}
+
+fn default_anomaly_factor() -> f64 {
+    10.0
+}
+fn default_anomaly_warmup() -> u64 {
+    20
 }
 
 /// Budget alerts: an audit event and a signed webhook once per period when
@@ -317,6 +351,11 @@ impl Config {
                     bail!("config: models[{i}].{field}: must be a non-negative number");
                 }
             }
+        }
+        crate::policy::Dlp::new(&self.guardrails.dlp_custom)
+            .map_err(|e| anyhow::anyhow!("config: guardrails.dlp_custom: {e}"))?;
+        if !(self.guardrails.anomaly_factor.is_finite() && self.guardrails.anomaly_factor >= 1.0) {
+            bail!("config: guardrails.anomaly_factor: must be a number of at least 1");
         }
         if !(0.0..=1.0).contains(&self.alerts.budget_threshold) {
             bail!("config: alerts.budget_threshold: must be between 0 and 1");

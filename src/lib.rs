@@ -8,6 +8,7 @@ pub mod config;
 pub mod counters;
 pub mod gateway;
 pub mod keys;
+pub mod policy;
 pub mod providers;
 pub mod store;
 pub mod usage;

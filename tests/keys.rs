@@ -612,6 +612,20 @@ async fn key_cache_never_goes_stale() {
         tx.commit().await.unwrap();
         db.close().await.unwrap();
     }
+    // Busy threads starve the gateway now and then, so that a reload is
+    // sometimes descheduled between reading the store and swapping the cache.
+    let spin = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let spinners: Vec<_> = (0..4)
+        .map(|_| {
+            let spin = spin.clone();
+            std::thread::spawn(move || {
+                let mut x = 0u64;
+                while spin.load(std::sync::atomic::Ordering::Relaxed) {
+                    x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+                }
+            })
+        })
+        .collect();
     let mut problems = Vec::new();
     let mut i = 0;
     for round in 0..5 {

@@ -530,6 +530,7 @@ async fn usage(
                 "purpose": r.purpose, "provider": r.provider, "model": r.model, "endpoint": r.endpoint,
                 "status": r.status, "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
                 "cost_usd": r.cost_usd, "latency_ms": r.latency_ms, "created_at": rfc3339(r.created_at),
+                "flags": r.flags,
             })
         })
         .collect();

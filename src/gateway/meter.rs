@@ -48,11 +48,23 @@ impl Meter {
                 cost_usd: 0.0,
                 latency_ms: 0,
                 created_at: crate::util::now_ms(),
+                flags: None,
             },
             started,
             price: None,
             admission: None,
             prompt_estimate: 0,
+        }
+    }
+
+    /// Add a guardrail flag to the row.
+    pub fn flag(&mut self, flag: &str) {
+        match &mut self.row.flags {
+            Some(f) => {
+                f.push(',');
+                f.push_str(flag);
+            }
+            None => self.row.flags = Some(flag.to_string()),
         }
     }
 

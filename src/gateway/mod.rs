@@ -3,6 +3,7 @@
 pub mod admit;
 pub mod cache;
 pub mod error;
+pub mod guard;
 pub mod meter;
 pub mod proxy;
 pub mod selfservice;
@@ -34,6 +35,8 @@ pub struct App {
     pub audit: Audit,
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub counters: Arc<dyn crate::counters::Counters>,
+    pub dlp: crate::policy::Dlp,
+    pub anomaly: crate::policy::AnomalyDetector,
     pub webhook_client: reqwest::Client,
 }
 
@@ -49,6 +52,12 @@ impl App {
             .iter()
             .filter_map(|c| crate::config::parse_cidr(c).ok())
             .collect();
+        let dlp = crate::policy::Dlp::new(&config.guardrails.dlp_custom)
+            .map_err(|e| anyhow::anyhow!("guardrails.dlp_custom: {e}"))?;
+        let anomaly = crate::policy::AnomalyDetector::new(crate::policy::AnomalyConfig {
+            factor: config.guardrails.anomaly_factor,
+            warmup: config.guardrails.anomaly_warmup,
+        });
         let app = Arc::new(App {
             config,
             store,
@@ -59,6 +68,8 @@ impl App {
             audit,
             trusted_proxies,
             counters: Arc::new(crate::counters::LocalCounters::default()),
+            dlp,
+            anomaly,
             webhook_client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()

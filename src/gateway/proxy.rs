@@ -18,6 +18,7 @@ use super::App;
 use super::admit::{self, Admission};
 use super::cache::{CachedKey, Lookup};
 use super::error::{ApiError, Shape};
+use super::guard;
 use super::meter::{Meter, MeteredSse, ScrubbedStream};
 use super::surface::{self, Surface};
 use crate::keys;
@@ -316,9 +317,11 @@ async fn serve(
         m.price = price;
     }
 
-    // Admit: rate, tokens, concurrency and budget along key → user → team.
+    // Guardrails, then admission: rate, tokens, concurrency and budget
+    // along key → user → team.
     let metered = surface::is_metered(endpoint);
     let prompt_estimate = if metered { (body.len() / 4) as u64 } else { 0 };
+    let body = guard::apply(app, key, ip, body, prompt_estimate, metered, meter)?;
     let max_output = match endpoint {
         "embeddings" => Some(0),
         _ if metered => facts.max_tokens().or(default_max_tokens),

@@ -205,10 +205,8 @@ impl KeyFields {
                 ));
             }
         }
-        if let Some(g) = &self.guardrails
-            && !g.is_object()
-        {
-            return Err("guardrails: must be an object".into());
+        if let Some(g) = &self.guardrails {
+            validate_guardrails(g)?;
         }
         if let Some(m) = &self.metadata
             && serde_json::to_string(m)
@@ -264,6 +262,50 @@ impl KeyFields {
             log_bodies: self.log_bodies.unwrap_or(false),
         }
     }
+}
+
+/// Guardrail modes: `{"dlp": "off|log|redact|block", "anomaly": "off|log|flag|block"}`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Guardrails {
+    pub dlp: Option<crate::policy::Mode>,
+    pub anomaly: Option<AnomalyMode>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AnomalyMode {
+    Off,
+    Log,
+    Flag,
+    Block,
+}
+
+pub fn validate_guardrails(g: &Value) -> Result<Guardrails, String> {
+    let obj = g
+        .as_object()
+        .ok_or("guardrails: must be an object like {\"dlp\": \"redact\"}")?;
+    let mut out = Guardrails::default();
+    for (k, v) in obj {
+        match k.as_str() {
+            "dlp" => {
+                out.dlp =
+                    Some(serde_json::from_value(v.clone()).map_err(|_| {
+                        "guardrails.dlp: must be off, log, redact or block".to_string()
+                    })?)
+            }
+            "anomaly" => {
+                out.anomaly = Some(serde_json::from_value(v.clone()).map_err(|_| {
+                    "guardrails.anomaly: must be off, log, flag or block".to_string()
+                })?)
+            }
+            other => {
+                return Err(format!(
+                    "guardrails.{other}: unknown guardrail (dlp, anomaly)"
+                ));
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Apply a JSON merge patch (RFC 7396 style at the top level: `null`

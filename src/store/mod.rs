@@ -61,6 +61,9 @@ pub struct UsageRow {
     pub cost_usd: f64,
     pub latency_ms: i64,
     pub created_at: i64,
+    /// Guardrail flags, comma-separated (`anomaly:prompt_tokens`, `dlp:redacted`).
+    #[serde(default)]
+    pub flags: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

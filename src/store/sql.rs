@@ -61,7 +61,7 @@ impl Where {
 }
 
 const KEY_COLUMNS: &str = "id, name, user_name, team, purpose, environment, prefix, key_hash, old_key_hash, old_key_expires_at, status, parent_id, expires_at, spec, spend_usd, created_at, updated_at, revoked_at, last_used_at";
-const USAGE_COLUMNS: &str = "request_id, key_id, user_name, team, purpose, provider, model, endpoint, status, prompt_tokens, completion_tokens, cost_usd, latency_ms, created_at";
+const USAGE_COLUMNS: &str = "request_id, key_id, user_name, team, purpose, provider, model, endpoint, status, prompt_tokens, completion_tokens, cost_usd, latency_ms, created_at, flags";
 const AUDIT_COLUMNS: &str = "seq, ts, actor, action, target, ip, detail, prev_hash, hash";
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -124,6 +124,7 @@ fn usage_from_row(r: &AnyRow) -> Result<UsageRow> {
         cost_usd: r.try_get("cost_usd")?,
         latency_ms: r.try_get("latency_ms")?,
         created_at: r.try_get("created_at")?,
+        flags: r.try_get("flags")?,
     })
 }
 
@@ -452,7 +453,7 @@ impl Store for SqlStore {
         let mut spend: std::collections::HashMap<&str, (f64, i64)> =
             std::collections::HashMap::new();
         let sql = format!(
-            "INSERT INTO usage ({USAGE_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14) ON CONFLICT (request_id) DO NOTHING"
+            "INSERT INTO usage ({USAGE_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15) ON CONFLICT (request_id) DO NOTHING"
         );
         for u in rows {
             let done = sqlx::query(&sql)
@@ -470,6 +471,7 @@ impl Store for SqlStore {
                 .bind(u.cost_usd)
                 .bind(u.latency_ms)
                 .bind(u.created_at)
+                .bind(u.flags.as_deref())
                 .execute(&mut *tx)
                 .await?;
             if done.rows_affected() > 0 {
