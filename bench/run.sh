@@ -303,7 +303,7 @@ median() { # variant path column-name
   local col
   col=$(head -1 "$RUNS" | tr '\t' '\n' | grep -nx "$3" | cut -d: -f1)
   awk -F'\t' -v v="$1" -v p="$2" -v c="$col" 'NR > 1 && $2 == v && $3 == p {print $c}' "$RUNS" |
-    sort -g | awk '{a[NR] = $1} END {if (NR == 0) print "nan"; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2}'
+    sort -g | awk '{a[NR] = $1} END {if (NR == 0) print 0; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2}'
 }
 sumcol() { # variant path column-name
   local col
@@ -323,20 +323,20 @@ sumcol() { # variant path column-name
       awk -v v="$v" -v p="$p" -v rps="$rps" -v d="$drps" -v p50="$(median "$v" "$p" p50_us)" -v p90="$(median "$v" "$p" p90_us)" \
         -v p99="$(median "$v" "$p" p99_us)" -v pc="$(median "$v" "$p" proxy_cpu_us_per_req)" -v mc="$(median "$v" "$p" mock_cpu_us_per_req)" \
         -v e="$(sumcol "$v" "$p" errors)" -v s="$(sumcol "$v" "$p" non2xx)" \
-        'BEGIN {printf "%-12s %-7s %10.0f %9.2f %9.2f %9.2f %8.1f%% %11s %11s %7d %7d\n", v, p, rps, p50/1000, p90/1000, p99/1000, (d > 0 ? 100*rps/d : 0), (p == "direct" ? "-" : pc), mc, e, s}'
+        'BEGIN {printf "%-12s %-7s %10.0f %9.2f %9.2f %9.2f %8.1f%% %11s %11s %7d %7d\n", v, p, rps, p50/1000, p90/1000, p99/1000, (d + 0 > 0 ? 100*rps/d : 0), (p == "direct" ? "-" : pc), mc, e, s}'
     done
   done
   echo
   for v in $VARIANTS; do
     [[ " $PATHS " == *" bursar "* ]] || continue
     b=$(median "$v" bursar rps)
-    line="$v: bursar throughput = $(awk -v b="$b" -v d="$(median "$v" direct rps)" 'BEGIN{printf "%.1f%%", (d > 0 ? 100*b/d : 0)}') of direct"
+    line="$v: bursar throughput = $(awk -v b="$b" -v d="$(median "$v" direct rps)" 'BEGIN{printf "%.1f%%", (d + 0 > 0 ? 100*b/d : 0)}') of direct"
     if [[ " $PATHS " == *" nginx "* ]]; then
       line+=$(awk -v b="$b" -v n="$(median "$v" nginx rps)" \
         -v b50="$(median "$v" bursar p50_us)" -v n50="$(median "$v" nginx p50_us)" \
         -v b99="$(median "$v" bursar p99_us)" -v n99="$(median "$v" nginx p99_us)" \
         -v bc="$(median "$v" bursar proxy_cpu_us_per_req)" -v nc="$(median "$v" nginx proxy_cpu_us_per_req)" \
-        'BEGIN{printf ", %.1f%% of nginx; added latency vs nginx: p50 %+.2f ms, p99 %+.2f ms; proxy CPU per request %.0f us vs nginx %.0f us (%.1fx)", 100*b/n, (b50-n50)/1000, (b99-n99)/1000, bc, nc, (nc > 0 ? bc/nc : 0)}')
+        'BEGIN{printf ", %.1f%% of nginx; added latency vs nginx: p50 %+.2f ms, p99 %+.2f ms; proxy CPU per request %.0f us vs nginx %.0f us (%.1fx)", (n + 0 > 0 ? 100*b/n : 0), (b50-n50)/1000, (b99-n99)/1000, bc, nc, (nc + 0 > 0 ? bc/nc : 0)}')
     fi
     echo "$line"
   done

@@ -407,3 +407,175 @@ pub async fn report_leak(
     }
     axum::Json(json!({"checked": found.len(), "revoked": revoked})).into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::spec::KeySpec;
+    use proptest::prelude::*;
+
+    fn key(spec: KeySpec, expires: Option<i64>) -> CachedKey {
+        CachedKey::from_row(KeyRow {
+            id: "key_p".into(),
+            name: "p".into(),
+            user: Some("alice".into()),
+            team: None,
+            purpose: None,
+            environment: None,
+            prefix: "bsr_x".into(),
+            key_hash: String::new(),
+            old_key_hash: None,
+            old_key_expires_at: None,
+            status: "active".into(),
+            parent_id: None,
+            expires_at: expires,
+            spec: serde_json::to_string(&spec).unwrap(),
+            spend_usd: 0.0,
+            created_at: 0,
+            updated_at: 0,
+            revoked_at: None,
+            last_used_at: None,
+        })
+    }
+
+    const MODELS: &[&str] = &[
+        "gpt-4o",
+        "gpt-4o-mini",
+        "gpt-*",
+        "g?t-*",
+        "g*t-*",
+        "claude-*",
+        "claude-sonnet-4-5",
+        "echo",
+        "*",
+    ];
+    const ENDPOINTS: &[&str] = &["chat", "embeddings", "responses", "messages"];
+
+    fn subset(pool: &'static [&'static str]) -> impl Strategy<Value = Option<Vec<String>>> {
+        prop::option::of(
+            prop::sample::subsequence(pool, 0..=pool.len())
+                .prop_map(|v| v.into_iter().map(String::from).collect()),
+        )
+    }
+
+    fn child_fields() -> impl Strategy<Value = KeyFields> {
+        (
+            subset(MODELS),
+            subset(ENDPOINTS),
+            prop::option::of(1u64..200),
+            prop::option::of(1u64..10),
+            prop::option::of(0.0f64..50.0),
+        )
+            .prop_map(|(models, endpoints, rpm, conc, usd)| KeyFields {
+                name: Some("c".into()),
+                models,
+                endpoints,
+                rpm,
+                max_concurrency: conc,
+                budget: usd.map(|u| Budget {
+                    usd: u,
+                    period: "monthly".into(),
+                }),
+                ..Default::default()
+            })
+    }
+
+    /// Every name the child may reach, the parent may reach too.
+    fn model_scope_within(parent: &KeySpec, child: &KeySpec) -> bool {
+        let probes = [
+            "gpt-4o",
+            "gpt-4o-mini",
+            "gpt-5",
+            "gxxt-4",
+            "got-1",
+            "claude-sonnet-4-5",
+            "claude-opus-4",
+            "echo",
+            "llama3",
+            "x",
+        ];
+        probes.iter().all(|m| {
+            !crate::keys::matches_any(&child.models, m)
+                || crate::keys::matches_any(&parent.models, m)
+        })
+    }
+
+    fn limit_within(p: Option<u64>, c: Option<u64>) -> bool {
+        match (p, c) {
+            (Some(p), Some(c)) => c <= p,
+            (Some(_), None) => false,
+            (None, _) => true,
+        }
+    }
+
+    proptest! {
+        /// No sequence of derivations widens a scope.
+        #[test]
+        fn derivation_never_widens(chain in prop::collection::vec(child_fields(), 1..5), root_models in subset(MODELS), root_rpm in prop::option::of(1u64..100)) {
+            let root = KeyFields { name: Some("root".into()), models: root_models, rpm: root_rpm, budget: Some(Budget { usd: 20.0, period: "monthly".into() }), ..Default::default() };
+            let mut parent = key(root.spec(), Some(10_000));
+            for req in chain {
+                let remaining = parent.spec.budget.as_ref().map(|b| b.usd);
+                match narrow(&parent, &req, Some(5_000), remaining, 0) {
+                    Err(e) => prop_assert_eq!(e.status, StatusCode::FORBIDDEN),
+                    Ok(child) => {
+                        let cs = child.spec();
+                        prop_assert!(model_scope_within(&parent.spec, &cs), "models widened: {:?} -> {:?}", parent.spec.models, cs.models);
+                        prop_assert!(parent.spec.endpoints.is_empty() || cs.endpoints.iter().all(|e| parent.spec.endpoints.contains(e)));
+                        prop_assert!(limit_within(parent.spec.rpm, cs.rpm));
+                        prop_assert!(limit_within(parent.spec.max_concurrency, cs.max_concurrency));
+                        if let (Some(pb), Some(cb)) = (&parent.spec.budget, &cs.budget) {
+                            prop_assert!(cb.usd <= pb.usd + 1e-9);
+                        }
+                        prop_assert!(parent.spec.budget.is_none() || cs.budget.is_some());
+                        prop_assert_eq!(child.user.as_deref(), Some("alice"));
+                        parent = key(cs, Some(5_000));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn wider_requests_are_refused() {
+        let parent = key(
+            KeyFields {
+                name: Some("p".into()),
+                models: Some(vec!["gpt-4o-mini".into()]),
+                rpm: Some(10),
+                ..Default::default()
+            }
+            .spec(),
+            Some(1000),
+        );
+        let wide = KeyFields {
+            name: Some("c".into()),
+            models: Some(vec!["gpt-*".into()]),
+            ..Default::default()
+        };
+        assert_eq!(
+            narrow(&parent, &wide, None, None, 0).unwrap_err().status,
+            StatusCode::FORBIDDEN
+        );
+        let faster = KeyFields {
+            name: Some("c".into()),
+            rpm: Some(11),
+            ..Default::default()
+        };
+        assert!(narrow(&parent, &faster, None, None, 0).is_err());
+        let longer = KeyFields {
+            name: Some("c".into()),
+            ..Default::default()
+        };
+        assert!(narrow(&parent, &longer, Some(2000), None, 0).is_err());
+        let other_user = KeyFields {
+            name: Some("c".into()),
+            user: Some("bob".into()),
+            ..Default::default()
+        };
+        assert!(narrow(&parent, &other_user, None, None, 0).is_err());
+        let ok = narrow(&parent, &longer, Some(500), None, 0).unwrap();
+        assert_eq!(ok.models, Some(vec!["gpt-4o-mini".to_string()]));
+        assert_eq!(ok.rpm, Some(10));
+    }
+}

@@ -99,13 +99,24 @@ pub fn matches_any(patterns: &[String], name: &str) -> bool {
 }
 
 /// Whether every name matched by glob `child` is matched by some glob in
-/// `parent` (conservative: a child pattern is covered only when a parent
-/// pattern matches it literally, or the parent is unrestricted).
+/// `parent`. Conservative: a literal child is covered by any parent pattern
+/// that matches it; a child with wildcards only by `*`, by an identical
+/// pattern, or by a `prefix*` parent whose prefix the child starts with.
 pub fn glob_covered(parent: &[String], child: &str) -> bool {
+    let wild = |s: &str| s.contains('*') || s.contains('?');
     parent.is_empty()
-        || parent
-            .iter()
-            .any(|p| p == child || wildmatch::WildMatch::new(p).matches(child))
+        || parent.iter().any(|p| {
+            if !wild(child) {
+                return wildmatch::WildMatch::new(p).matches(child);
+            }
+            if p == "*" || p == child {
+                return true;
+            }
+            match p.strip_suffix('*') {
+                Some(prefix) if !wild(prefix) => child.starts_with(prefix),
+                _ => false,
+            }
+        })
 }
 
 #[cfg(test)]
@@ -159,6 +170,14 @@ mod tests {
         assert!(matches_any(&p, "claude-sonnet-4-5"));
         assert!(!matches_any(&p, "gpt-4o"));
         assert!(matches_any(&[], "anything"));
+        let parent = vec!["g?t-*".to_string(), "claude-*".to_string()];
+        assert!(
+            !glob_covered(&parent, "g*t-*"),
+            "a wider wildcard is not covered"
+        );
+        assert!(glob_covered(&parent, "gpt-4o"));
+        assert!(glob_covered(&parent, "claude-sonnet-*"));
+        assert!(!glob_covered(&parent, "claude*"));
     }
 }
 
