@@ -530,3 +530,30 @@ def test_body_over_limit_is_413(gateway, key, marker):
     assert ei.value.status_code == 413
     assert ei.value.body["type"] == "request_too_large"
     assert gateway.upstream_requests(marker) == []
+
+
+def test_policy_refusals_raise_the_sdk_classes(gateway, new_key):
+    # DLP block → BadRequestError naming the rule, never the text.
+    c = client(gateway, new_key(guardrails={"dlp": "block"}))
+    with pytest.raises(openai.BadRequestError) as ei:
+        c.chat.completions.create(model="echo", messages=msgs("card 4111 1111 1111 1111"))
+    assert ei.value.code == "request_blocked"
+    assert "credit_card" in str(ei.value) and "4111" not in str(ei.value)
+    # DLP redact → the call goes through with the card replaced.
+    c = client(gateway, new_key(guardrails={"dlp": "redact"}))
+    r = c.chat.completions.create(model="echo", messages=msgs("card 4111 1111 1111 1111"))
+    assert "[REDACTED:credit_card]" in r.choices[0].message.content
+    # A tokens-per-minute window far below the prompt → RateLimitError.
+    c = client(gateway, new_key(tpm=50))
+    with pytest.raises(openai.RateLimitError) as ei:
+        c.chat.completions.create(model="echo", messages=msgs("word " * 500))
+    assert ei.value.code == "rate_limit_exceeded"
+    # A child key wider than its parent → PermissionDeniedError from the SDK's
+    # generic post; a narrower one works with the SDK.
+    parent = new_key(models=["echo"])
+    pc = client(gateway, parent)
+    with pytest.raises(openai.PermissionDeniedError):
+        pc.post("/../bursar/v1/keys", body={"name": "wide", "models": ["*"]}, cast_to=object)
+    child = pc.post("/../bursar/v1/keys", body={"name": "narrow", "ttl_seconds": 60}, cast_to=object)
+    r = client(gateway, child["key"]).chat.completions.create(model="echo", messages=msgs("hi"))
+    assert r.choices[0].message.content == "hi"
