@@ -18,7 +18,10 @@
 #   ROUNDS=3     rounds; paths are interleaved per round, the median is reported
 #   VARIANTS="chat chat-stream"                  PATHS="direct nginx bursar"
 #   NGINX_WORKERS=auto                           PORT_BASE=18900
-#   PERF=1       also record `perf record -g` of bursar during one extra chat run
+#   PERF=1       also record `perf record -g` of bursar during one extra run
+#   PERF_VARIANT=chat                            the variant profiled
+#   SYSCALLS=1   also count the proxy's (and mock's) syscalls per request with
+#                `perf stat` syscall tracepoints, in one extra run per variant and path
 #   RESULTS=bench/results/<timestamp>            where raw outputs go
 #   BIN=target/release                           where bursar and mock-upstream are
 #
@@ -38,6 +41,8 @@ PATHS=${PATHS:-"direct nginx bursar"}
 NGINX_WORKERS=${NGINX_WORKERS:-auto}
 PORT_BASE=${PORT_BASE:-18900}
 PERF=${PERF:-0}
+PERF_VARIANT=${PERF_VARIANT:-chat}
+SYSCALLS=${SYSCALLS:-0}
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 RESULTS=${RESULTS:-"$BENCH/results/$STAMP"}
 BIN=${BIN:-"${CARGO_TARGET_DIR:-$ROOT/target}/release"}
@@ -281,15 +286,43 @@ for ((r = 1; r <= ROUNDS; r++)); do
 done
 
 if [ "$PERF" = 1 ] && [ -n "$BUR_PID" ] && command -v perf >/dev/null; then
-  log "perf: recording bursar during one chat run"
-  perf record -F 999 -g -p "$BUR_PID" -o "$RESULTS/perf-bursar.data" -- sleep "$DURATION" >/dev/null 2>&1 &
+  log "perf: recording bursar during one $PERF_VARIANT run"
+  pd="$RESULTS/perf-bursar-$PERF_VARIANT"
+  perf record -F 999 -g -p "$BUR_PID" -o "$pd.data" -- sleep "$DURATION" >/dev/null 2>&1 &
   perf_pid=$!
-  run_wrk chat bursar "$DURATION" "$RESULTS/wrk-chat-bursar-perf.txt"
+  run_wrk "$PERF_VARIANT" bursar "$DURATION" "$RESULTS/wrk-$PERF_VARIANT-bursar-perf.txt"
   wait "$perf_pid" || true
-  perf report -i "$RESULTS/perf-bursar.data" --no-children --sort dso,symbol --stdio 2>/dev/null |
-    head -120 >"$RESULTS/perf-bursar-self.txt" || true
-  perf report -i "$RESULTS/perf-bursar.data" --children --sort symbol --stdio -g none 2>/dev/null |
-    head -200 >"$RESULTS/perf-bursar-children.txt" || true
+  # flat self time by symbol, and by thread
+  perf report -i "$pd.data" --no-children --sort dso,symbol -g none --stdio 2>/dev/null |
+    grep '%' | cut -c1-200 | head -150 >"$pd-self.txt" || true
+  perf report -i "$pd.data" --no-children --sort comm -g none --stdio 2>/dev/null |
+    grep '%' >"$pd-threads.txt" || true
+fi
+
+SYS_TSV="$RESULTS/syscalls.tsv"
+if [ "$SYSCALLS" = 1 ] && command -v perf >/dev/null; then
+  events="syscalls:sys_enter_read,syscalls:sys_enter_recvfrom,syscalls:sys_enter_readv,syscalls:sys_enter_write,syscalls:sys_enter_writev,syscalls:sys_enter_sendto,syscalls:sys_enter_sendmsg,syscalls:sys_enter_epoll_wait,syscalls:sys_enter_epoll_pwait,syscalls:sys_enter_epoll_ctl,syscalls:sys_enter_futex"
+  printf 'variant\tpath\tprocess\trequests\treads\twrites\tepoll\tfutex\n' >"$SYS_TSV"
+  for v in $VARIANTS; do
+    for p in $PATHS; do
+      for who in proxy mock; do
+        if [ "$who" = proxy ]; then pids=$(proxy_pids "$p"); else pids=$MOCK_PID; fi
+        [ -n "${pids// /}" ] || continue
+        f="$RESULTS/syscalls-$v-$p-$who.csv"
+        perf stat -x, -e "$events" -p "$(echo $pids | tr ' ' ',')" -o "$f" -- sleep "$DURATION" >/dev/null 2>&1 &
+        sp=$!
+        run_wrk "$v" "$p" "$DURATION" "$f.wrk"
+        wait "$sp" || true
+        n=$(sed -n 's/.*requests=\([0-9]*\).*/\1/p' "$f.wrk")
+        awk -F, -v v="$v" -v p="$p" -v w="$who" -v n="$n" '
+          $3 ~ /sys_enter_(read|recvfrom|readv)$/ {r += $1}
+          $3 ~ /sys_enter_(write|writev|sendto|sendmsg)$/ {wr += $1}
+          $3 ~ /sys_enter_epoll/ {e += $1}
+          $3 ~ /sys_enter_futex$/ {fx += $1}
+          END {if (n > 0) printf "%s\t%s\t%s\t%d\t%.2f\t%.2f\t%.2f\t%.2f\n", v, p, w, n, r/n, wr/n, e/n, fx/n}' "$f" >>"$SYS_TSV"
+      done
+    done
+  done
 fi
 
 echo "loadavg after: $(cat /proc/loadavg)" >>"$RESULTS/machine.txt"
@@ -323,14 +356,14 @@ sumcol() { # variant path column-name
       awk -v v="$v" -v p="$p" -v rps="$rps" -v d="$drps" -v p50="$(median "$v" "$p" p50_us)" -v p90="$(median "$v" "$p" p90_us)" \
         -v p99="$(median "$v" "$p" p99_us)" -v pc="$(median "$v" "$p" proxy_cpu_us_per_req)" -v mc="$(median "$v" "$p" mock_cpu_us_per_req)" \
         -v e="$(sumcol "$v" "$p" errors)" -v s="$(sumcol "$v" "$p" non2xx)" \
-        'BEGIN {printf "%-12s %-7s %10.0f %9.2f %9.2f %9.2f %8.1f%% %11s %11s %7d %7d\n", v, p, rps, p50/1000, p90/1000, p99/1000, (d + 0 > 0 ? 100*rps/d : 0), (p == "direct" ? "-" : pc), mc, e, s}'
+        'BEGIN {printf "%-12s %-7s %10.0f %9.2f %9.2f %9.2f %9s %11s %11s %7d %7d\n", v, p, rps, p50/1000, p90/1000, p99/1000, (d + 0 > 0 ? sprintf("%.1f%%", 100*rps/d) : "-"), (p == "direct" ? "-" : pc), mc, e, s}'
     done
   done
   echo
   for v in $VARIANTS; do
     [[ " $PATHS " == *" bursar "* ]] || continue
     b=$(median "$v" bursar rps)
-    line="$v: bursar throughput = $(awk -v b="$b" -v d="$(median "$v" direct rps)" 'BEGIN{printf "%.1f%%", (d + 0 > 0 ? 100*b/d : 0)}') of direct"
+    line="$v: bursar throughput = $(awk -v b="$b" -v d="$(median "$v" direct rps)" 'BEGIN{if (d + 0 > 0) printf "%.1f%%", 100*b/d; else printf "-"}') of direct"
     if [[ " $PATHS " == *" nginx "* ]]; then
       line+=$(awk -v b="$b" -v n="$(median "$v" nginx rps)" \
         -v b50="$(median "$v" bursar p50_us)" -v n50="$(median "$v" nginx p50_us)" \
@@ -341,5 +374,10 @@ sumcol() { # variant path column-name
     echo "$line"
   done
   echo
+  if [ -s "$SYS_TSV" ]; then
+    echo "syscalls per request (one extra run each; reads = read/recvfrom/readv, writes = write/writev/sendto/sendmsg):"
+    column -t "$SYS_TSV"
+    echo
+  fi
   echo "raw: $RESULTS (runs.tsv, wrk-*.txt, machine.txt)"
 } | tee "$RESULTS/summary.txt"

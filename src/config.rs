@@ -24,6 +24,12 @@ pub struct Config {
     pub database: String,
     #[serde(default)]
     pub redis: Option<String>,
+    /// Prefix of every Redis key and channel (several installations can share one Redis).
+    #[serde(default = "default_redis_prefix")]
+    pub redis_prefix: String,
+    /// Seconds between full key-cache refreshes (the safety net behind invalidation).
+    #[serde(default = "default_refresh")]
+    pub cache_refresh_seconds: u64,
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
     #[serde(default)]
@@ -151,6 +157,12 @@ impl Default for UsageConfig {
     }
 }
 
+fn default_redis_prefix() -> String {
+    "bursar:".into()
+}
+fn default_refresh() -> u64 {
+    5
+}
 fn default_listen() -> String {
     "127.0.0.1:8000".into()
 }
@@ -267,6 +279,16 @@ impl Config {
                 "config: database: '{}' must start with sqlite: or postgres://",
                 self.database
             );
+        }
+        if let Some(r) = self.redis.as_deref().filter(|r| !r.is_empty())
+            && !(r.starts_with("redis://")
+                || r.starts_with("rediss://")
+                || r.starts_with("unix://"))
+        {
+            bail!("config: redis: '{r}' must start with redis://");
+        }
+        if self.cache_refresh_seconds == 0 {
+            bail!("config: cache_refresh_seconds: must be at least 1");
         }
         if self.max_body_bytes == 0 {
             bail!("config: max_body_bytes: must be greater than 0");

@@ -67,7 +67,7 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for Body {
 type AdminResult = Result<Response, AdminError>;
 
 /// Admin errors are OpenAI-shaped.
-pub struct AdminError(ApiError);
+pub struct AdminError(pub(crate) ApiError);
 
 impl From<ApiError> for AdminError {
     fn from(e: ApiError) -> Self {
@@ -213,7 +213,7 @@ pub fn key_view(row: &KeyRow) -> Value {
 }
 
 /// The editable fields of a stored key (without its expiry).
-fn fields_of(row: &KeyRow) -> KeyFields {
+pub(crate) fn fields_of(row: &KeyRow) -> KeyFields {
     let spec: KeySpec = serde_json::from_str(&row.spec).unwrap_or_default();
     let opt = |v: Vec<String>| (!v.is_empty()).then_some(v);
     KeyFields {
@@ -239,7 +239,7 @@ fn fields_of(row: &KeyRow) -> KeyFields {
     }
 }
 
-fn parse_fields(body: Value) -> Result<KeyFields, AdminError> {
+pub(crate) fn parse_fields(body: Value) -> Result<KeyFields, AdminError> {
     if !body.is_object() {
         return Err(bad("the body must be a JSON object"));
     }
@@ -247,12 +247,27 @@ fn parse_fields(body: Value) -> Result<KeyFields, AdminError> {
 }
 
 async fn changed(app: &App) -> Result<(), AdminError> {
-    app.reload_keys().await?;
+    app.keys_changed().await?;
     Ok(())
 }
 
 async fn create_key(State(app): State<Arc<App>>, admin: Admin, Body(body): Body) -> AdminResult {
     let fields = parse_fields(body)?;
+    let (row, secret) = create_key_from(&app, &admin, fields).await?;
+    let mut view = key_view(&row);
+    if let Some(o) = view.as_object_mut() {
+        o.insert("key".into(), Value::String(secret));
+    }
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+/// Validate and store a new key, audit it and refresh the cache; answers
+/// the stored row and the secret (shown once, never stored).
+pub(crate) async fn create_key_from(
+    app: &App,
+    admin: &Admin,
+    fields: KeyFields,
+) -> Result<(KeyRow, String), AdminError> {
     let now = now_ms();
     let expires_at = fields.validate(now).map_err(bad)?;
     let secret = keys::generate(keys::KEY_PREFIX);
@@ -283,16 +298,12 @@ async fn create_key(State(app): State<Arc<App>>, admin: Admin, Body(body): Body)
             &admin.actor,
             "key.create",
             Some(&row.id),
-            Some(admin.ip),
+            Some(admin.ip.clone()),
             json!({"name": row.name, "prefix": row.prefix, "user": row.user, "team": row.team}),
         )
         .await?;
-    changed(&app).await?;
-    let mut view = key_view(&row);
-    if let Some(o) = view.as_object_mut() {
-        o.insert("key".into(), Value::String(secret));
-    }
-    Ok((StatusCode::CREATED, Json(view)).into_response())
+    changed(app).await?;
+    Ok((row, secret))
 }
 
 async fn list_keys(
@@ -324,7 +335,7 @@ async fn list_keys(
     Ok(Json(json!({"data": data, "next_cursor": next})).into_response())
 }
 
-async fn load(app: &App, id: &str) -> Result<KeyRow, AdminError> {
+pub(crate) async fn load(app: &App, id: &str) -> Result<KeyRow, AdminError> {
     app.store
         .get_key(id)
         .await?
@@ -350,11 +361,23 @@ async fn update_key(
         Value::Object(m) => m,
         _ => return Err(bad("the body must be a JSON object")),
     };
-    let mut row = load(&app, &id).await?;
+    let row = update_key_from(&app, &admin, &id, &patch).await?;
+    Ok(Json(key_view(&row)).into_response())
+}
+
+/// Apply a merge patch to a key (validated like a create), audit it and
+/// refresh the cache; answers the stored row.
+pub(crate) async fn update_key_from(
+    app: &App,
+    admin: &Admin,
+    id: &str,
+    patch: &Map<String, Value>,
+) -> Result<KeyRow, AdminError> {
+    let mut row = load(app, id).await?;
     if row.status == "revoked" {
         return Err(bad("this key is revoked and cannot be changed"));
     }
-    let mut fields = merge_patch(&fields_of(&row), &patch).map_err(bad)?;
+    let mut fields = merge_patch(&fields_of(&row), patch).map_err(bad)?;
     let now = now_ms();
     let touches_expiry = patch.contains_key("expires_at") || patch.contains_key("ttl_seconds");
     if !touches_expiry {
@@ -379,13 +402,12 @@ async fn update_key(
             &admin.actor,
             "key.update",
             Some(&row.id),
-            Some(admin.ip),
+            Some(admin.ip.clone()),
             json!({"fields": changed_fields}),
         )
         .await?;
-    changed(&app).await?;
-    let row = load(&app, &id).await?;
-    Ok(Json(key_view(&row)).into_response())
+    changed(app).await?;
+    load(app, id).await
 }
 
 async fn revoke_key(
@@ -393,24 +415,35 @@ async fn revoke_key(
     admin: Admin,
     Path(id): Path<String>,
 ) -> AdminResult {
-    load(&app, &id).await?;
-    let revoked = app.store.revoke_cascade(&id, now_ms()).await?;
-    app.audit
-        .record(
-            &admin.actor,
-            "key.revoke",
-            Some(&id),
-            Some(admin.ip),
-            json!({"revoked": revoked}),
-        )
-        .await?;
-    changed(&app).await?;
-    let row = load(&app, &id).await?;
+    let (row, revoked) = revoke_key_by_id(&app, &admin, &id).await?;
     let mut view = key_view(&row);
     if let Some(o) = view.as_object_mut() {
         o.insert("revoked_ids".into(), json!(revoked));
     }
     Ok(Json(view).into_response())
+}
+
+/// Revoke a key and its descendants, audit it and refresh the cache;
+/// answers the stored row and the ids revoked now.
+pub(crate) async fn revoke_key_by_id(
+    app: &App,
+    admin: &Admin,
+    id: &str,
+) -> Result<(KeyRow, Vec<String>), AdminError> {
+    load(app, id).await?;
+    let revoked = app.store.revoke_cascade(id, now_ms()).await?;
+    app.audit
+        .record(
+            &admin.actor,
+            "key.revoke",
+            Some(id),
+            Some(admin.ip.clone()),
+            json!({"revoked": revoked}),
+        )
+        .await?;
+    changed(app).await?;
+    let row = load(app, id).await?;
+    Ok((row, revoked))
 }
 
 async fn rotate_key(
@@ -430,7 +463,31 @@ async fn rotate_key(
             }
         },
     };
-    let mut row = load(&app, &id).await?;
+    let (row, secret) = rotate_key_by_id(&app, &admin, &id, grace).await?;
+    let mut view = key_view(&row);
+    if let Some(o) = view.as_object_mut() {
+        o.insert("key".into(), Value::String(secret));
+    }
+    Ok(Json(view).into_response())
+}
+
+/// Longest rotation grace period, in seconds.
+pub(crate) const MAX_GRACE_SECONDS: i64 = 30 * 86_400;
+
+/// Give a key a new secret (the old one valid `grace` more seconds), audit
+/// it and refresh the cache; answers the stored row and the new secret.
+pub(crate) async fn rotate_key_by_id(
+    app: &App,
+    admin: &Admin,
+    id: &str,
+    grace: i64,
+) -> Result<(KeyRow, String), AdminError> {
+    if !(0..=MAX_GRACE_SECONDS).contains(&grace) {
+        return Err(bad(
+            "grace_seconds: must be a whole number from 0 to 2592000 (30 days)",
+        ));
+    }
+    let mut row = load(app, id).await?;
     if status_of(&row, now_ms()) != "active" {
         return Err(bad(format!(
             "this key is {} and cannot be rotated",
@@ -454,17 +511,13 @@ async fn rotate_key(
         .record(
             &admin.actor,
             "key.rotate",
-            Some(&id),
-            Some(admin.ip),
+            Some(id),
+            Some(admin.ip.clone()),
             json!({"grace_seconds": grace, "prefix": row.prefix}),
         )
         .await?;
-    changed(&app).await?;
-    let mut view = key_view(&row);
-    if let Some(o) = view.as_object_mut() {
-        o.insert("key".into(), Value::String(secret));
-    }
-    Ok(Json(view).into_response())
+    changed(app).await?;
+    Ok((row, secret))
 }
 
 async fn usage(
@@ -473,46 +526,11 @@ async fn usage(
     Query(q): Query<HashMap<String, String>>,
 ) -> AdminResult {
     let limit = parse_limit(&q, 100, 10_000)?;
-    let filter = UsageFilter {
-        key_id: q.get("key_id").cloned(),
-        user: q.get("user").cloned(),
-        team: q.get("team").cloned(),
-        model: q.get("model").cloned(),
-        provider: q.get("provider").cloned(),
-        since: parse_when(&q, "since")?,
-        until: parse_when(&q, "until")?,
-        limit: limit + 1,
-        cursor: q.get("cursor").cloned(),
-    };
+    let filter = usage_filter(&q, limit + 1)?;
     if let Some(g) = q.get("group_by").filter(|g| !g.is_empty()) {
-        let cols: Vec<String> = g
-            .split(',')
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .collect();
-        for c in &cols {
-            if !GROUP_COLUMNS.contains(&c.as_str()) {
-                return Err(bad(format!(
-                    "group_by: unknown column '{c}' (use {})",
-                    GROUP_COLUMNS.join(", ")
-                )));
-            }
-        }
+        let cols = group_columns(g)?;
         let groups = app.store.group_usage(&filter, &cols).await?;
-        let data: Vec<Value> = groups
-            .into_iter()
-            .map(|g| {
-                let mut o = Map::new();
-                for (k, v) in g.fields {
-                    o.insert(k, v);
-                }
-                o.insert("requests".into(), json!(g.requests));
-                o.insert("prompt_tokens".into(), json!(g.prompt_tokens));
-                o.insert("completion_tokens".into(), json!(g.completion_tokens));
-                o.insert("cost_usd".into(), json!(g.cost_usd));
-                Value::Object(o)
-            })
-            .collect();
+        let data: Vec<Value> = groups.into_iter().map(group_json).collect();
         return Ok(Json(json!({"data": data, "next_cursor": null})).into_response());
     }
     let mut rows = app.store.list_usage(&filter).await?;
@@ -522,19 +540,70 @@ async fn usage(
     } else {
         None
     };
-    let data: Vec<Value> = rows
-        .into_iter()
-        .map(|r| {
-            json!({
-                "request_id": r.request_id, "key_id": r.key_id, "user": r.user, "team": r.team,
-                "purpose": r.purpose, "provider": r.provider, "model": r.model, "endpoint": r.endpoint,
-                "status": r.status, "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
-                "cost_usd": r.cost_usd, "latency_ms": r.latency_ms, "created_at": rfc3339(r.created_at),
-                "flags": r.flags,
-            })
-        })
-        .collect();
+    let data: Vec<Value> = rows.into_iter().map(usage_json).collect();
     Ok(Json(json!({"data": data, "next_cursor": next})).into_response())
+}
+
+/// The usage filter of a query string (`key_id`, `user`, `team`, `model`,
+/// `provider`, `since`, `until`, `cursor`), fetching `limit` rows.
+pub(crate) fn usage_filter(
+    q: &HashMap<String, String>,
+    limit: i64,
+) -> Result<UsageFilter, AdminError> {
+    let field = |k: &str| q.get(k).cloned();
+    Ok(UsageFilter {
+        key_id: field("key_id"),
+        user: field("user"),
+        team: field("team"),
+        model: field("model"),
+        provider: field("provider"),
+        since: parse_when(q, "since")?,
+        until: parse_when(q, "until")?,
+        limit,
+        cursor: field("cursor"),
+    })
+}
+
+/// The columns of a `group_by` value, each checked.
+pub(crate) fn group_columns(g: &str) -> Result<Vec<String>, AdminError> {
+    let cols: Vec<String> = g
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    for c in &cols {
+        if !GROUP_COLUMNS.contains(&c.as_str()) {
+            return Err(bad(format!(
+                "group_by: unknown column '{c}' (use {})",
+                GROUP_COLUMNS.join(", ")
+            )));
+        }
+    }
+    Ok(cols)
+}
+
+/// One usage group as the API shows it.
+pub(crate) fn group_json(g: crate::store::UsageGroup) -> Value {
+    let mut o = Map::new();
+    for (k, v) in g.fields {
+        o.insert(k, v);
+    }
+    o.insert("requests".into(), json!(g.requests));
+    o.insert("prompt_tokens".into(), json!(g.prompt_tokens));
+    o.insert("completion_tokens".into(), json!(g.completion_tokens));
+    o.insert("cost_usd".into(), json!(g.cost_usd));
+    Value::Object(o)
+}
+
+/// One usage row as the API shows it.
+pub(crate) fn usage_json(r: crate::store::UsageRow) -> Value {
+    json!({
+        "request_id": r.request_id, "key_id": r.key_id, "user": r.user, "team": r.team,
+        "purpose": r.purpose, "provider": r.provider, "model": r.model, "endpoint": r.endpoint,
+        "status": r.status, "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
+        "cost_usd": r.cost_usd, "latency_ms": r.latency_ms, "created_at": rfc3339(r.created_at),
+        "flags": r.flags,
+    })
 }
 
 async fn audit(
@@ -599,7 +668,7 @@ fn owner_view(o: &OwnerRow) -> Value {
     v
 }
 
-async fn owner_view_with_spend(app: &App, o: &OwnerRow) -> Result<Value, AdminError> {
+pub(crate) async fn owner_view_with_spend(app: &App, o: &OwnerRow) -> Result<Value, AdminError> {
     let mut v = owner_view(o);
     let fields: OwnerFields = serde_json::from_str(&o.spec).unwrap_or_default();
     let column = if o.kind == "user" {
@@ -629,6 +698,17 @@ async fn list_owners(app: &App, kind: &str) -> AdminResult {
 }
 
 async fn create_owner(app: &App, admin: Admin, kind: &str, body: Value) -> AdminResult {
+    let row = create_owner_row(app, &admin, kind, body).await?;
+    Ok((StatusCode::CREATED, Json(owner_view(&row))).into_response())
+}
+
+/// Validate and store a new user or team, audit it and refresh the cache.
+pub(crate) async fn create_owner_row(
+    app: &App,
+    admin: &Admin,
+    kind: &str,
+    body: Value,
+) -> Result<OwnerRow, AdminError> {
     let fields: OwnerFields = serde_json::from_value(body).map_err(|e| bad(e.to_string()))?;
     fields.validate().map_err(bad)?;
     let name = fields.name.clone().unwrap_or_default();
@@ -659,12 +739,12 @@ async fn create_owner(app: &App, admin: Admin, kind: &str, body: Value) -> Admin
             &admin.actor,
             &format!("{kind}.create"),
             Some(&name),
-            Some(admin.ip),
+            Some(admin.ip.clone()),
             json!({"fields": serde_json::to_value(&fields).unwrap_or(Value::Null)}),
         )
         .await?;
     changed(app).await?;
-    Ok((StatusCode::CREATED, Json(owner_view(&row))).into_response())
+    Ok(row)
 }
 
 async fn show_owner(app: &App, kind: &str, name: &str) -> AdminResult {
@@ -677,6 +757,18 @@ async fn show_owner(app: &App, kind: &str, name: &str) -> AdminResult {
 }
 
 async fn update_owner(app: &App, admin: Admin, kind: &str, name: &str, body: Value) -> AdminResult {
+    let row = update_owner_row(app, &admin, kind, name, body).await?;
+    Ok(Json(owner_view_with_spend(app, &row).await?).into_response())
+}
+
+/// Apply a merge patch to a user or team, audit it and refresh the cache.
+pub(crate) async fn update_owner_row(
+    app: &App,
+    admin: &Admin,
+    kind: &str,
+    name: &str,
+    body: Value,
+) -> Result<OwnerRow, AdminError> {
     let Value::Object(patch) = body else {
         return Err(bad("the body must be a JSON object"));
     };
@@ -710,12 +802,12 @@ async fn update_owner(app: &App, admin: Admin, kind: &str, name: &str, body: Val
             &admin.actor,
             &format!("{kind}.update"),
             Some(name),
-            Some(admin.ip),
+            Some(admin.ip.clone()),
             json!({"fields": changed_fields}),
         )
         .await?;
     changed(app).await?;
-    Ok(Json(owner_view_with_spend(app, &row).await?).into_response())
+    Ok(row)
 }
 
 async fn list_users(State(app): State<Arc<App>>, _admin: Admin) -> AdminResult {

@@ -52,8 +52,9 @@ fn state(b: &Bucket, limit: u64, allowed: bool, wanted: u64) -> RateState {
     }
 }
 
+#[async_trait::async_trait]
 impl Counters for LocalCounters {
-    fn take(&self, name: &str, limit: u64, amount: u64, now_ms: i64) -> RateState {
+    async fn take(&self, name: &str, limit: u64, amount: u64, now_ms: i64) -> RateState {
         let mut map = lock(&self.buckets);
         let b = map.entry(name.to_string()).or_insert(Bucket {
             tokens: limit as f64,
@@ -68,7 +69,7 @@ impl Counters for LocalCounters {
         }
     }
 
-    fn adjust(&self, name: &str, limit: u64, delta: i64, now_ms: i64) {
+    async fn adjust(&self, name: &str, limit: u64, delta: i64, now_ms: i64) {
         let mut map = lock(&self.buckets);
         if let Some(b) = map.get_mut(name) {
             refill(b, limit, now_ms);
@@ -76,7 +77,7 @@ impl Counters for LocalCounters {
         }
     }
 
-    fn peek(&self, name: &str, limit: u64, now_ms: i64) -> RateState {
+    async fn peek(&self, name: &str, limit: u64, now_ms: i64) -> RateState {
         let mut map = lock(&self.buckets);
         match map.get_mut(name) {
             Some(b) => {
@@ -92,17 +93,17 @@ impl Counters for LocalCounters {
         }
     }
 
-    fn acquire(&self, name: &str, max: u64) -> bool {
+    async fn acquire(&self, name: &str, max: u64, _ttl_ms: i64, _now_ms: i64) -> Option<String> {
         let mut map = lock(&self.slots);
         let n = map.entry(name.to_string()).or_insert(0);
         if *n >= max {
-            return false;
+            return None;
         }
         *n += 1;
-        true
+        Some("local".into())
     }
 
-    fn release(&self, name: &str) {
+    async fn release(&self, name: &str, _token: &str) {
         let mut map = lock(&self.slots);
         if let Some(n) = map.get_mut(name) {
             *n = n.saturating_sub(1);
@@ -112,13 +113,13 @@ impl Counters for LocalCounters {
         }
     }
 
-    fn budget_loaded(&self, name: &str, period_start: i64) -> bool {
+    async fn budget_loaded(&self, name: &str, period_start: i64) -> bool {
         lock(&self.budgets)
             .get(name)
             .is_some_and(|b| b.period_start == period_start)
     }
 
-    fn budget_load(&self, name: &str, period_start: i64, spent_usd: f64) {
+    async fn budget_load(&self, name: &str, period_start: i64, spent_usd: f64) {
         let mut map = lock(&self.budgets);
         let b = map.entry(name.to_string()).or_insert(Budget {
             period_start,
@@ -134,7 +135,7 @@ impl Counters for LocalCounters {
         b.spent = spent_usd;
     }
 
-    fn budget_reserve(
+    async fn budget_reserve(
         &self,
         name: &str,
         period_start: i64,
@@ -168,7 +169,7 @@ impl Counters for LocalCounters {
         }
     }
 
-    fn budget_settle(
+    async fn budget_settle(
         &self,
         name: &str,
         period_start: i64,
@@ -205,7 +206,7 @@ impl Counters for LocalCounters {
         }
     }
 
-    fn budget_peek(&self, name: &str, period_start: i64, limit_usd: f64) -> BudgetState {
+    async fn budget_peek(&self, name: &str, period_start: i64, limit_usd: f64) -> BudgetState {
         let map = lock(&self.budgets);
         let (spent, reserved) = match map.get(name) {
             Some(b) if b.period_start == period_start => (b.spent, b.reserved),
@@ -226,77 +227,78 @@ impl Counters for LocalCounters {
 mod tests {
     use super::*;
 
-    #[test]
-    fn bucket_refills_over_a_minute() {
+    #[tokio::test]
+    async fn bucket_refills_over_a_minute() {
         let c = LocalCounters::default();
         for _ in 0..3 {
-            assert!(c.take("k", 3, 1, 0).allowed);
+            assert!(c.take("k", 3, 1, 0).await.allowed);
         }
-        let s = c.take("k", 3, 1, 0);
+        let s = c.take("k", 3, 1, 0).await;
         assert!(!s.allowed);
         assert_eq!(s.remaining, 0);
         assert_eq!(s.reset_ms, 20_000);
-        assert!(!c.take("k", 3, 1, 19_999).allowed);
-        assert!(c.take("k", 3, 1, 20_000).allowed);
-        assert_eq!(c.peek("k", 3, 80_000).remaining, 3);
+        assert!(!c.take("k", 3, 1, 19_999).await.allowed);
+        assert!(c.take("k", 3, 1, 20_000).await.allowed);
+        assert_eq!(c.peek("k", 3, 80_000).await.remaining, 3);
     }
 
-    #[test]
-    fn adjust_corrects_an_estimate() {
+    #[tokio::test]
+    async fn adjust_corrects_an_estimate() {
         let c = LocalCounters::default();
-        assert!(c.take("t", 100, 80, 0).allowed);
-        assert!(!c.take("t", 100, 30, 0).allowed);
-        c.adjust("t", 100, -50, 0); // real usage was 30, not 80
-        assert!(c.take("t", 100, 30, 0).allowed);
+        assert!(c.take("t", 100, 80, 0).await.allowed);
+        assert!(!c.take("t", 100, 30, 0).await.allowed);
+        c.adjust("t", 100, -50, 0).await; // real usage was 30, not 80
+        assert!(c.take("t", 100, 30, 0).await.allowed);
         assert!(
-            !c.take("t", 100, 1000, 0).allowed,
+            !c.take("t", 100, 1000, 0).await.allowed,
             "larger than the window never fits"
         );
     }
 
-    #[test]
-    fn slots() {
+    #[tokio::test]
+    async fn slots() {
         let c = LocalCounters::default();
-        assert!(c.acquire("s", 2));
-        assert!(c.acquire("s", 2));
-        assert!(!c.acquire("s", 2));
-        c.release("s");
-        assert!(c.acquire("s", 2));
+        assert!(c.acquire("s", 2, 0, 0).await.is_some());
+        assert!(c.acquire("s", 2, 0, 0).await.is_some());
+        assert!(c.acquire("s", 2, 0, 0).await.is_none());
+        c.release("s", "local").await;
+        assert!(c.acquire("s", 2, 0, 0).await.is_some());
     }
 
-    #[test]
-    fn budget_reserves_settles_and_rolls_over() {
+    #[tokio::test]
+    async fn budget_reserves_settles_and_rolls_over() {
         let c = LocalCounters::default();
-        c.budget_load("b", 0, 0.5);
-        assert!(c.budget_loaded("b", 0));
-        assert!(!c.budget_loaded("b", 1));
-        let r = c.budget_reserve("b", 0, 1.0, 0.4);
+        c.budget_load("b", 0, 0.5).await;
+        assert!(c.budget_loaded("b", 0).await);
+        assert!(!c.budget_loaded("b", 1).await);
+        let r = c.budget_reserve("b", 0, 1.0, 0.4).await;
         assert!(r.allowed);
         assert!(
-            c.budget_reserve("b", 0, 1.0, 0.4).allowed,
+            c.budget_reserve("b", 0, 1.0, 0.4).await.allowed,
             "0.5 + 0.4 < 1.0 still admits"
         );
         assert!(
-            !c.budget_reserve("b", 0, 1.0, 0.4).allowed,
+            !c.budget_reserve("b", 0, 1.0, 0.4).await.allowed,
             "0.5 + 0.8 ≥ 1.0 refuses"
         );
-        let s = c.budget_settle("b", 0, 1.0, 0.4, 0.1, 0.8);
+        let s = c.budget_settle("b", 0, 1.0, 0.4, 0.1, 0.8).await;
         assert!((s.spent_usd - 0.6).abs() < 1e-9);
         assert!(!s.crossed_threshold);
-        let s = c.budget_settle("b", 0, 1.0, 0.4, 0.3, 0.8);
+        let s = c.budget_settle("b", 0, 1.0, 0.4, 0.3, 0.8).await;
         assert!(s.crossed_threshold, "0.9 ≥ 80%");
         assert!(
             !c.budget_settle("b", 0, 1.0, 0.0, 0.0, 0.8)
+                .await
                 .crossed_threshold,
             "once per period"
         );
         // next period: spend starts from zero
-        assert!(c.budget_reserve("b", 86_400_000, 1.0, 0.4).allowed);
-        assert_eq!(c.budget_peek("b", 86_400_000, 1.0).spent_usd, 0.0);
+        assert!(c.budget_reserve("b", 86_400_000, 1.0, 0.4).await.allowed);
+        assert_eq!(c.budget_peek("b", 86_400_000, 1.0).await.spent_usd, 0.0);
     }
 
-    #[test]
-    fn concurrent_reservations_overshoot_by_at_most_one() {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_reservations_overshoot_by_at_most_one() {
         use std::sync::Arc;
         let c = Arc::new(LocalCounters::default());
         let admitted = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -304,9 +306,9 @@ mod tests {
             .map(|_| {
                 let c = c.clone();
                 let admitted = admitted.clone();
-                std::thread::spawn(move || {
+                tokio::spawn(async move {
                     for _ in 0..100 {
-                        if c.budget_reserve("x", 0, 1.0, 0.125).allowed {
+                        if c.budget_reserve("x", 0, 1.0, 0.125).await.allowed {
                             admitted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         }
                     }
@@ -314,7 +316,7 @@ mod tests {
             })
             .collect();
         for t in threads {
-            t.join().unwrap();
+            t.await.unwrap();
         }
         // Reservations of 1/8 against 1.0: admitted while 0, 1/8, …, 7/8 < 1.0,
         // so exactly 8, reserving exactly the budget: never more than one over.

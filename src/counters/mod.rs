@@ -4,8 +4,10 @@
 //! windows are testable with an injected clock.
 
 mod local;
+mod redis;
 
 pub use local::LocalCounters;
+pub use redis::{RedisCounters, Resilient};
 
 /// The answer of a rate-window check.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -32,25 +34,30 @@ pub struct BudgetState {
     pub crossed_threshold: bool,
 }
 
+/// Shared counters. Every call takes the time explicitly; an implementation
+/// must be atomic per name (several replicas may call at once).
+#[async_trait::async_trait]
 pub trait Counters: Send + Sync {
     /// Take `amount` from a window of `limit` per minute (a token bucket that
     /// refills `limit` per 60 s).
-    fn take(&self, name: &str, limit: u64, amount: u64, now_ms: i64) -> RateState;
+    async fn take(&self, name: &str, limit: u64, amount: u64, now_ms: i64) -> RateState;
     /// Put back (negative) or take more (positive) after the real amount is known.
-    fn adjust(&self, name: &str, limit: u64, delta: i64, now_ms: i64);
+    async fn adjust(&self, name: &str, limit: u64, delta: i64, now_ms: i64);
     /// Current state without taking anything.
-    fn peek(&self, name: &str, limit: u64, now_ms: i64) -> RateState;
+    async fn peek(&self, name: &str, limit: u64, now_ms: i64) -> RateState;
 
-    /// Take a concurrency slot; false when `max` are in use.
-    fn acquire(&self, name: &str, max: u64) -> bool;
-    fn release(&self, name: &str);
+    /// Take a concurrency slot; `None` when `max` are in use. The answer is
+    /// the slot's token for `release`. Slots expire after `ttl_ms` so a
+    /// crashed replica cannot hold them forever.
+    async fn acquire(&self, name: &str, max: u64, ttl_ms: i64, now_ms: i64) -> Option<String>;
+    async fn release(&self, name: &str, token: &str);
 
     /// Whether the budget `name` knows its spend for the period starting at `period_start`.
-    fn budget_loaded(&self, name: &str, period_start: i64) -> bool;
+    async fn budget_loaded(&self, name: &str, period_start: i64) -> bool;
     /// Set the settled spend of a period (from the store, on first use).
-    fn budget_load(&self, name: &str, period_start: i64, spent_usd: f64);
+    async fn budget_load(&self, name: &str, period_start: i64, spent_usd: f64);
     /// Reserve `amount` when something of `limit` remains.
-    fn budget_reserve(
+    async fn budget_reserve(
         &self,
         name: &str,
         period_start: i64,
@@ -58,7 +65,7 @@ pub trait Counters: Send + Sync {
         amount: f64,
     ) -> BudgetState;
     /// Replace a reservation by the real cost.
-    fn budget_settle(
+    async fn budget_settle(
         &self,
         name: &str,
         period_start: i64,
@@ -68,7 +75,12 @@ pub trait Counters: Send + Sync {
         threshold: f64,
     ) -> BudgetState;
     /// Current state without reserving.
-    fn budget_peek(&self, name: &str, period_start: i64, limit_usd: f64) -> BudgetState;
+    async fn budget_peek(&self, name: &str, period_start: i64, limit_usd: f64) -> BudgetState;
+
+    /// Whether the backing service answers (always true in-process).
+    async fn healthy(&self) -> bool {
+        true
+    }
 }
 
 /// Start (epoch ms, UTC) of the budget period containing `now_ms`.

@@ -11,10 +11,13 @@ use serde_json::json;
 use super::App;
 use super::cache::CachedKey;
 use super::error::ApiError;
-use crate::counters::{period_end, period_start};
+use crate::counters::{Counters, period_end, period_start};
 use crate::keys::spec::Budget;
 use crate::providers::sse::Usage;
 use crate::usage::prices::Price;
+
+/// How long a concurrency slot outlives a replica that crashed while holding it.
+const SLOT_TTL_MS: i64 = 15 * 60 * 1000;
 
 /// Output tokens assumed for a budget reservation when the request names no maximum.
 pub const DEFAULT_MAX_OUTPUT: u64 = 4096;
@@ -90,7 +93,7 @@ struct Reservation {
 /// What a request holds while it runs; settled when its answer is metered.
 pub struct Admission {
     app: Arc<App>,
-    slots: Vec<String>,
+    slots: Vec<(String, String)>,
     tokens: Vec<(String, u64, u64)>,
     reservations: Vec<Reservation>,
     pub headers: HeaderMap,
@@ -144,7 +147,9 @@ impl Admission {
         let mut tok_hdr: Option<crate::counters::RateState> = None;
         for level in levels(app, key) {
             if let Some(rpm) = level.rpm {
-                let s = counters.take(&format!("rpm:{}", level.scope), rpm, 1, now);
+                let s = counters
+                    .take(&format!("rpm:{}", level.scope), rpm, 1, now)
+                    .await;
                 if !s.allowed {
                     return Err(refuse_rate(&level.scope, "requests", rpm, s.reset_ms));
                 }
@@ -153,7 +158,9 @@ impl Admission {
                 }
             }
             if let Some(tpm) = level.tpm {
-                let s = counters.take(&format!("tpm:{}", level.scope), tpm, token_estimate, now);
+                let s = counters
+                    .take(&format!("tpm:{}", level.scope), tpm, token_estimate, now)
+                    .await;
                 if !s.allowed {
                     return Err(refuse_rate(&level.scope, "tokens", tpm, s.reset_ms));
                 }
@@ -165,20 +172,22 @@ impl Admission {
             }
             if let Some(max) = level.max_concurrency {
                 let name = format!("conc:{}", level.scope);
-                if !counters.acquire(&name, max) {
-                    let mut e = ApiError::rate_limited(format!(
-                        "{} has {max} requests in flight, its concurrency limit",
-                        level.scope
-                    ));
-                    e.retry_after = Some(1);
-                    return Err(e);
+                match counters.acquire(&name, max, SLOT_TTL_MS, now).await {
+                    Some(token) => adm.slots.push((name, token)),
+                    None => {
+                        let mut e = ApiError::rate_limited(format!(
+                            "{} has {max} requests in flight, its concurrency limit",
+                            level.scope
+                        ));
+                        e.retry_after = Some(1);
+                        return Err(e);
+                    }
                 }
-                adm.slots.push(name);
             }
             if let Some(b) = &level.budget {
                 let start = period_start(&b.period, now);
                 let name = format!("budget:{}", level.scope);
-                if !counters.budget_loaded(&name, start) {
+                if !counters.budget_loaded(&name, start).await {
                     let spent = app
                         .store
                         .spend_since(level.spend_column, &level.spend_value, start)
@@ -187,12 +196,12 @@ impl Admission {
                             tracing::error!(error = %e, "budget: cannot read spend");
                             ApiError::internal("the budget could not be checked")
                         })?;
-                    counters.budget_load(&name, start, spent);
+                    counters.budget_load(&name, start, spent).await;
                 }
                 let amount = price
                     .map(|p| p.cost(prompt_estimate, max_output.unwrap_or(DEFAULT_MAX_OUTPUT)))
                     .unwrap_or(0.0);
-                let s = counters.budget_reserve(&name, start, b.usd, amount);
+                let s = counters.budget_reserve(&name, start, b.usd, amount).await;
                 if !s.allowed {
                     let mut e = ApiError::budget_exceeded(format!(
                         "{} has spent ${:.6} (with ${:.6} reserved) of its {} budget of ${:.6}",
@@ -248,40 +257,56 @@ impl Admission {
         Ok(adm)
     }
 
-    /// Replace estimates by the real usage and cost, free the slots.
+    /// Replace estimates by the real usage and cost, free the slots. The
+    /// counter updates run in the background: the answer never waits on them.
     pub fn settle(mut self, usage: Usage, cost: f64) {
         self.finish(usage, cost);
     }
 
     fn finish(&mut self, usage: Usage, cost: f64) {
-        let now = crate::util::now_ms();
-        let counters = &self.app.counters;
-        for name in self.slots.drain(..) {
-            counters.release(&name);
+        let slots = std::mem::take(&mut self.slots);
+        let tokens = std::mem::take(&mut self.tokens);
+        let reservations = std::mem::take(&mut self.reservations);
+        if slots.is_empty() && tokens.is_empty() && reservations.is_empty() {
+            return;
         }
-        let real = usage.prompt + usage.completion;
-        for (name, limit, estimate) in self.tokens.drain(..) {
-            counters.adjust(&name, limit, real as i64 - estimate as i64, now);
-        }
-        let threshold = self.app.config.alerts.budget_threshold;
-        for r in self.reservations.drain(..) {
-            let s = counters.budget_settle(
-                &format!("budget:{}", r.scope),
-                r.period_start,
-                r.limit,
-                r.amount,
-                cost,
-                threshold,
-            );
-            if s.crossed_threshold {
-                budget_alert(
-                    &self.app,
-                    &r.scope,
-                    &self.key_id,
-                    &r.budget,
-                    s.spent_usd,
-                    threshold,
-                );
+        let app = self.app.clone();
+        let key_id = self.key_id.clone();
+        let work = async move {
+            let now = crate::util::now_ms();
+            let counters = &app.counters;
+            for (name, token) in slots {
+                counters.release(&name, &token).await;
+            }
+            let real = usage.prompt + usage.completion;
+            for (name, limit, estimate) in tokens {
+                counters
+                    .adjust(&name, limit, real as i64 - estimate as i64, now)
+                    .await;
+            }
+            let threshold = app.config.alerts.budget_threshold;
+            for r in reservations {
+                let s = counters
+                    .budget_settle(
+                        &format!("budget:{}", r.scope),
+                        r.period_start,
+                        r.limit,
+                        r.amount,
+                        cost,
+                        threshold,
+                    )
+                    .await;
+                if s.crossed_threshold {
+                    budget_alert(&app, &r.scope, &key_id, &r.budget, s.spent_usd, threshold);
+                }
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) => {
+                h.spawn(work);
+            }
+            Err(_) => {
+                tracing::error!("admission settled outside the runtime; counters not updated")
             }
         }
     }

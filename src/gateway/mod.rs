@@ -4,6 +4,7 @@ pub mod admit;
 pub mod cache;
 pub mod error;
 pub mod guard;
+pub mod invalidate;
 pub mod meter;
 pub mod proxy;
 pub mod selfservice;
@@ -34,7 +35,9 @@ pub struct App {
     pub usage: UsageSink,
     pub audit: Audit,
     pub trusted_proxies: Vec<ipnet::IpNet>,
-    pub counters: Arc<dyn crate::counters::Counters>,
+    pub counters: Arc<crate::counters::Resilient>,
+    /// Identifies this process in invalidation messages.
+    pub replica_id: String,
     pub dlp: crate::policy::Dlp,
     pub anomaly: crate::policy::AnomalyDetector,
     pub webhook_client: reqwest::Client,
@@ -58,6 +61,10 @@ impl App {
             factor: config.guardrails.anomaly_factor,
             warmup: config.guardrails.anomaly_warmup,
         });
+        let counters = Arc::new(match config.redis.as_deref().filter(|r| !r.is_empty()) {
+            Some(url) => crate::counters::Resilient::redis(url, &config.redis_prefix).await?,
+            None => crate::counters::Resilient::local(),
+        });
         let app = Arc::new(App {
             config,
             store,
@@ -67,7 +74,8 @@ impl App {
             usage,
             audit,
             trusted_proxies,
-            counters: Arc::new(crate::counters::LocalCounters::default()),
+            counters,
+            replica_id: crate::util::new_id("replica"),
             dlp,
             anomaly,
             webhook_client: reqwest::Client::builder()
@@ -81,6 +89,13 @@ impl App {
 
     pub async fn reload_keys(&self) -> Result<()> {
         self.keys.reload(self.store.as_ref()).await
+    }
+
+    /// Keys, users or teams changed here: reload now and tell the other replicas.
+    pub async fn keys_changed(&self) -> Result<()> {
+        self.reload_keys().await?;
+        invalidate::publish(self).await;
+        Ok(())
     }
 
     /// First start: make `BURSAR_ADMIN_KEY` the first admin credential, or
@@ -140,16 +155,24 @@ pub fn router(app: Arc<App>) -> Router {
         .with_state(app)
 }
 
+/// Ready when the store and (if configured) Redis answer.
 async fn readyz(
     axum::extract::State(app): axum::extract::State<Arc<App>>,
-) -> (axum::http::StatusCode, &'static str) {
-    match app.store.ping().await {
-        Ok(()) => (axum::http::StatusCode::OK, "ready"),
-        Err(_) => (
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "store unreachable",
+) -> (axum::http::StatusCode, axum::Json<serde_json::Value>) {
+    use crate::counters::Counters;
+    let store = app.store.ping().await.is_ok();
+    let counters = app.counters.healthy().await;
+    let status = if store && counters {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        axum::Json(
+            serde_json::json!({"store": store, "counters": counters, "counters_shared": app.config.redis.is_some() && !app.counters.is_degraded()}),
         ),
-    }
+    )
 }
 
 /// Run the gateway until SIGINT/SIGTERM; then finish in-flight requests and
@@ -163,9 +186,18 @@ pub async fn serve(config: Config) -> Result<()> {
         );
     }
     tokio::task::spawn_blocking(crate::providers::tokens::warm);
+    if let Some(url) = app.config.redis.clone().filter(|r| !r.is_empty()) {
+        tokio::spawn(
+            app.counters
+                .clone()
+                .probe_loop(url, app.config.redis_prefix.clone()),
+        );
+    }
+    tokio::spawn(invalidate::listen(app.clone()));
     let refresher = app.clone();
+    let every = Duration::from_secs(app.config.cache_refresh_seconds);
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
             if let Err(e) = refresher.reload_keys().await {

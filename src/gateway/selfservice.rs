@@ -15,7 +15,7 @@ use super::cache::CachedKey;
 use super::error::{ApiError, Shape};
 use super::proxy::{authenticate, may_use};
 use super::surface;
-use crate::counters::period_start;
+use crate::counters::{Counters, period_start};
 use crate::keys::spec::{Budget, KeyFields};
 use crate::keys::{self, glob_covered};
 use crate::store::KeyRow;
@@ -51,14 +51,20 @@ pub async fn whoami(
     let now = now_ms();
     let mut limits = Vec::new();
     for level in admit::levels(&app, &key) {
-        let rpm = level.rpm.map(|l| {
-            let s = app.counters.peek(&format!("rpm:{}", level.scope), l, now);
-            json!({"limit": l, "remaining": s.remaining, "reset_ms": s.reset_ms})
-        });
-        let tpm = level.tpm.map(|l| {
-            let s = app.counters.peek(&format!("tpm:{}", level.scope), l, now);
-            json!({"limit": l, "remaining": s.remaining, "reset_ms": s.reset_ms})
-        });
+        let mut windows = [None, None];
+        for (slot, (what, limit)) in windows
+            .iter_mut()
+            .zip([("rpm", level.rpm), ("tpm", level.tpm)])
+        {
+            if let Some(l) = limit {
+                let s = app
+                    .counters
+                    .peek(&format!("{what}:{}", level.scope), l, now)
+                    .await;
+                *slot = Some(json!({"limit": l, "remaining": s.remaining, "reset_ms": s.reset_ms}));
+            }
+        }
+        let [rpm, tpm] = windows;
         let budget = match &level.budget {
             Some(b) => {
                 let start = period_start(&b.period, now);
@@ -70,6 +76,7 @@ pub async fn whoami(
                 let reserved = app
                     .counters
                     .budget_peek(&format!("budget:{}", level.scope), start, b.usd)
+                    .await
                     .reserved_usd;
                 Some(json!({
                     "usd": b.usd, "period": b.period, "period_start": rfc3339(start),
@@ -353,7 +360,7 @@ async fn mint(app: &Arc<App>, peer: SocketAddr, req: Request) -> Result<Response
                 json!({"parent_id": parent.row.id, "prefix": row.prefix, "name": row.name}),
             )
             .await?;
-        app.reload_keys().await
+        app.keys_changed().await
     };
     stored.await.map_err(|e| {
         tracing::error!(error = %e, "minting a child key failed");
@@ -402,7 +409,7 @@ pub async fn report_leak(
             }
         }
     }
-    if revoked > 0 && app.reload_keys().await.is_err() {
+    if revoked > 0 && app.keys_changed().await.is_err() {
         tracing::error!("leak report: key cache reload failed");
     }
     axum::Json(json!({"checked": found.len(), "revoked": revoked})).into_response()

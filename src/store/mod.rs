@@ -154,7 +154,14 @@ pub struct AuditVerdict {
 #[async_trait]
 pub trait Store: Send + Sync {
     async fn migrate(&self) -> Result<()>;
+    /// PostgreSQL `NOTIFY channel, payload` (a no-op elsewhere).
+    async fn notify(&self, channel: &str, payload: &str) -> Result<()>;
     async fn ping(&self) -> Result<()>;
+    /// The SQL pool behind this store, for modules with tables of their own
+    /// (the web console); `None` for a store that is not SQL.
+    fn sql_pool(&self) -> Option<sqlx::AnyPool> {
+        None
+    }
 
     async fn insert_key(&self, key: &KeyRow) -> Result<()>;
     /// Overwrite a key's row (matched by id).

@@ -289,9 +289,24 @@ impl Store for SqlStore {
         Ok(())
     }
 
+    async fn notify(&self, channel: &str, payload: &str) -> Result<()> {
+        if !self.is_sqlite {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(channel)
+                .bind(payload)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
+    }
+
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    fn sql_pool(&self) -> Option<AnyPool> {
+        Some(self.pool.clone())
     }
 
     async fn insert_key(&self, k: &KeyRow) -> Result<()> {
