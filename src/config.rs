@@ -30,6 +30,10 @@ pub struct Config {
     /// Seconds between full key-cache refreshes (the safety net behind invalidation).
     #[serde(default = "default_refresh")]
     pub cache_refresh_seconds: u64,
+    /// While the database is unreachable, cached keys keep working for this
+    /// long after the last successful refresh; then every key is refused.
+    #[serde(default = "default_stale")]
+    pub cache_max_stale_seconds: u64,
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
     #[serde(default)]
@@ -143,16 +147,17 @@ pub struct UsageConfig {
     /// Capacity of the in-memory usage queue.
     #[serde(default = "default_queue")]
     pub queue_capacity: usize,
-    /// Longest time a usage row waits before it is written (ms).
-    #[serde(default = "default_flush_ms")]
-    pub flush_interval_ms: u64,
+    /// Where rows go while the database is unreachable (default:
+    /// `bursar-usage-<listen address>.spool` in the working directory).
+    #[serde(default)]
+    pub spool_path: Option<String>,
 }
 
 impl Default for UsageConfig {
     fn default() -> Self {
         Self {
             queue_capacity: default_queue(),
-            flush_interval_ms: default_flush_ms(),
+            spool_path: None,
         }
     }
 }
@@ -162,6 +167,9 @@ fn default_redis_prefix() -> String {
 }
 fn default_refresh() -> u64 {
     5
+}
+fn default_stale() -> u64 {
+    3600
 }
 fn default_listen() -> String {
     "127.0.0.1:8000".into()
@@ -174,9 +182,6 @@ fn default_max_body() -> usize {
 }
 fn default_queue() -> usize {
     100_000
-}
-fn default_flush_ms() -> u64 {
-    200
 }
 
 /// Default base URLs and the environment variables that enable a provider in
@@ -221,6 +226,18 @@ fn interpolate_value(v: &mut toml::Value) {
 }
 
 impl Config {
+    /// The usage spool file.
+    pub fn spool_path(&self) -> std::path::PathBuf {
+        match &self.usage.spool_path {
+            Some(p) => p.into(),
+            None => format!(
+                "bursar-usage-{}.spool",
+                self.listen.replace([':', '[', ']'], "_")
+            )
+            .into(),
+        }
+    }
+
     /// Load from an optional file plus the environment, then validate.
     pub fn load(path: Option<&str>) -> Result<Config> {
         let mut figment = Figment::new();

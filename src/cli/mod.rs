@@ -128,7 +128,6 @@ async fn run(cli: Cli) -> i32 {
 }
 
 async fn serve(config: Option<String>, listen: Option<String>, database: Option<String>) -> i32 {
-    init_tracing();
     let mut cfg = match crate::config::Config::load(config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -136,6 +135,7 @@ async fn serve(config: Option<String>, listen: Option<String>, database: Option<
             return EXIT_USAGE;
         }
     };
+    init_tracing(cfg.log_format.as_deref() == Some("json"));
     if let Some(l) = listen {
         cfg.listen = l;
     }
@@ -159,11 +159,11 @@ async fn serve(config: Option<String>, listen: Option<String>, database: Option<
     }
 }
 
-fn init_tracing() {
+fn init_tracing(json_from_config: bool) {
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_env("BURSAR_LOG").unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
-    let json = std::env::var("BURSAR_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let json = json_from_config || std::env::var("BURSAR_LOG_FORMAT").is_ok_and(|v| v == "json");
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -267,6 +267,17 @@ pub fn client_ip(parts_ext: &http::Extensions, headers: &HeaderMap, app: &App) -
     crate::gateway::surface::client_ip(peer, headers, &app.trusted_proxies).to_string()
 }
 
+/// The caller's address as an extractor.
+pub struct ClientIp(pub String);
+
+impl FromRequestParts<Shared> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, console: &Shared) -> Result<Self, Self::Rejection> {
+        Ok(ClientIp(client_ip(&parts.extensions, &parts.headers, &console.app)))
+    }
+}
+
 /// Whether the browser reached us over HTTPS (through a proxy).
 pub fn is_https(headers: &HeaderMap) -> bool {
     headers

@@ -50,6 +50,8 @@ struct Maps {
 #[derive(Default)]
 pub struct KeyCache {
     maps: RwLock<Arc<Maps>>,
+    /// When the cache last matched the store (epoch ms).
+    fresh_at: std::sync::atomic::AtomicI64,
 }
 
 /// What a presented secret resolves to.
@@ -112,6 +114,8 @@ impl KeyCache {
         if let Ok(mut guard) = self.maps.write() {
             *guard = Arc::new(maps);
         }
+        self.fresh_at
+            .store(crate::util::now_ms(), std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
@@ -125,7 +129,9 @@ impl KeyCache {
     pub fn lookup(&self, secret: &str, now_ms: i64) -> Lookup {
         let h = keys::hash(secret);
         let maps = self.snapshot();
-        match maps.keys.get(&h) {
+        let hit = maps.keys.get(&h);
+        metrics::counter!("bursar_key_cache_lookups_total", "result" => if hit.is_some() { "hit" } else { "miss" }).increment(1);
+        match hit {
             Some(e) if keys::hashes_equal(&e.hash, &h) => match e.valid_until {
                 Some(until) if until <= now_ms => Lookup::Rotated(e.key.clone()),
                 _ => Lookup::Found(e.key.clone()),
@@ -142,6 +148,11 @@ impl KeyCache {
             .iter()
             .find(|(k, _)| keys::hashes_equal(k, &h))
             .map(|(_, p)| p.clone())
+    }
+
+    /// Milliseconds since the cache last matched the store.
+    pub fn staleness_ms(&self, now_ms: i64) -> i64 {
+        now_ms - self.fresh_at.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// A key by id.

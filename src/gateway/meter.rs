@@ -98,6 +98,20 @@ impl Meter {
             latency_ms = self.row.latency_ms,
             "request"
         );
+        let labels = [
+            ("provider", self.row.provider.clone()),
+            ("endpoint", self.row.endpoint.clone()),
+        ];
+        metrics::counter!("bursar_requests_total", "provider" => self.row.provider.clone(), "endpoint" => self.row.endpoint.clone(), "status" => status.to_string()).increment(1);
+        metrics::histogram!("bursar_request_duration_seconds", &labels)
+            .record(self.started.elapsed().as_secs_f64());
+        metrics::counter!("bursar_tokens_total", "kind" => "prompt").increment(usage.prompt);
+        metrics::counter!("bursar_tokens_total", "kind" => "completion")
+            .increment(usage.completion);
+        if cost > 0.0 {
+            // Prometheus counters here are integers: cost in micro-dollars.
+            metrics::counter!("bursar_cost_microusd_total").increment((cost * 1e6).round() as u64);
+        }
         self.app.usage.record(self.row);
         cost
     }

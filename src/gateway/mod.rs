@@ -9,6 +9,7 @@ pub mod meter;
 pub mod proxy;
 pub mod selfservice;
 pub mod surface;
+pub mod telemetry;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -48,7 +49,10 @@ impl App {
         let store = crate::store::open(&config.database).await?;
         let registry = Registry::new(&config)?;
         let prices = Prices::new(&config);
-        let usage = crate::usage::start_writer(store.clone(), config.usage.queue_capacity);
+        let spool = config.spool_path();
+        // Rows spooled while the database was down on a previous run go in first.
+        crate::usage::replay_spool(store.as_ref(), &spool).await;
+        let usage = crate::usage::start_writer(store.clone(), config.usage.queue_capacity, spool);
         let audit = Audit::start(store.clone());
         let trusted_proxies = config
             .trusted_proxies
@@ -140,6 +144,7 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(telemetry::render))
         .nest("/admin/v1", crate::admin::router())
         .route("/bursar/v1/whoami", get(selfservice::whoami))
         .route(
@@ -179,6 +184,7 @@ async fn readyz(
 /// flush usage and audit queues.
 pub async fn serve(config: Config) -> Result<()> {
     let listen: SocketAddr = config.listen.parse().context("listen")?;
+    telemetry::install();
     let app = App::new(config).await?;
     if let Some(secret) = app.bootstrap_admin().await? {
         println!(
@@ -200,6 +206,7 @@ pub async fn serve(config: Config) -> Result<()> {
         let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
+            metrics::gauge!("bursar_usage_queue_depth").set(refresher.usage.depth() as f64);
             if let Err(e) = refresher.reload_keys().await {
                 tracing::warn!(error = %e, "key cache refresh failed; serving the cached keys");
             }

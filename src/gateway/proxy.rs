@@ -114,6 +114,12 @@ pub fn authenticate(
         ));
     }
     let prefix = Some(keys::display_prefix(secret));
+    if app.keys.staleness_ms(now) > app.config.cache_max_stale_seconds.saturating_mul(1000) as i64 {
+        fail("store_unreachable", None, prefix);
+        return Err(ApiError::invalid_key(
+            "the gateway cannot verify keys right now (its database has been unreachable too long)",
+        ));
+    }
     match app.keys.lookup(secret, now) {
         Lookup::Unknown => {
             fail("unknown", None, prefix);
@@ -164,12 +170,24 @@ async fn run(
         ip,
     ) {
         Ok(k) => k,
-        Err(e) => return e.render(shape),
+        Err(e) => {
+            metrics::counter!("bursar_refusals_total", "reason" => e.kind).increment(1);
+            return e.render(shape);
+        }
     };
     let mut meter = Some(Meter::new(app.clone(), &key, request_id, started));
     match serve(&app, &surface, &key, req, ip, &mut meter).await {
         Ok(resp) => resp,
         Err(e) => {
+            metrics::counter!("bursar_refusals_total", "reason" => e.kind).increment(1);
+            if e.kind == "upstream_error" || e.kind == "upstream_timeout" {
+                let provider = meter
+                    .as_ref()
+                    .map(|m| m.row.provider.clone())
+                    .unwrap_or_default();
+                metrics::counter!("bursar_upstream_errors_total", "provider" => provider)
+                    .increment(1);
+            }
             if e.status == StatusCode::FORBIDDEN {
                 app.audit.event(
                     &format!("key:{}", key.row.id),
