@@ -1,6 +1,7 @@
 //! The command line: `serve` runs the gateway; every other command is a
 //! client of a running gateway's HTTP API (`BURSAR_URL`, `BURSAR_ADMIN_KEY`).
 
+mod db;
 mod env;
 mod keys;
 mod owners;
@@ -58,6 +59,9 @@ enum Command {
     /// Teams: groups of users, with their own limits and budgets.
     #[command(subcommand)]
     Teams(owners::OwnersCmd),
+    /// Database schema and moving an installation (SQLite → PostgreSQL).
+    #[command(subcommand)]
+    Db(db::DbCmd),
     /// Usage and cost, per request or grouped.
     Usage(report::UsageArgs),
     /// The audit log; `bursar audit verify` checks its hash chain.
@@ -108,6 +112,7 @@ async fn run(cli: Cli) -> i32 {
         Command::Keys(cmd) => keys::run(&client, cmd).await,
         Command::Users(cmd) => owners::run(&client, "user", cmd).await,
         Command::Teams(cmd) => owners::run(&client, "team", cmd).await,
+        Command::Db(cmd) => db::run(cmd).await,
         Command::Usage(a) => report::usage(&client, a).await,
         Command::Audit(a) => report::audit(&client, a).await,
         Command::Env(a) => env::env(&client, a),

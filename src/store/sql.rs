@@ -746,3 +746,167 @@ impl Store for SqlStore {
         })
     }
 }
+
+/// Column types for a generic table copy.
+#[derive(Clone, Copy)]
+enum Col {
+    S,
+    I,
+    F,
+}
+
+/// Every table, its columns and the column to page by.
+const TABLES: &[(&str, &[(&str, Col)], &str)] = &[
+    (
+        "api_keys",
+        &[
+            ("id", Col::S),
+            ("name", Col::S),
+            ("user_name", Col::S),
+            ("team", Col::S),
+            ("purpose", Col::S),
+            ("environment", Col::S),
+            ("prefix", Col::S),
+            ("key_hash", Col::S),
+            ("old_key_hash", Col::S),
+            ("old_key_expires_at", Col::I),
+            ("status", Col::S),
+            ("parent_id", Col::S),
+            ("expires_at", Col::I),
+            ("spec", Col::S),
+            ("spend_usd", Col::F),
+            ("created_at", Col::I),
+            ("updated_at", Col::I),
+            ("revoked_at", Col::I),
+            ("last_used_at", Col::I),
+        ],
+        "id",
+    ),
+    (
+        "admin_keys",
+        &[
+            ("id", Col::S),
+            ("name", Col::S),
+            ("prefix", Col::S),
+            ("key_hash", Col::S),
+            ("created_at", Col::I),
+            ("revoked_at", Col::I),
+        ],
+        "id",
+    ),
+    (
+        "owners",
+        &[
+            ("kind", Col::S),
+            ("name", Col::S),
+            ("team", Col::S),
+            ("spec", Col::S),
+            ("created_at", Col::I),
+            ("updated_at", Col::I),
+        ],
+        "kind || ':' || name",
+    ),
+    (
+        "usage",
+        &[
+            ("request_id", Col::S),
+            ("key_id", Col::S),
+            ("user_name", Col::S),
+            ("team", Col::S),
+            ("purpose", Col::S),
+            ("provider", Col::S),
+            ("model", Col::S),
+            ("endpoint", Col::S),
+            ("status", Col::I),
+            ("prompt_tokens", Col::I),
+            ("completion_tokens", Col::I),
+            ("cost_usd", Col::F),
+            ("latency_ms", Col::I),
+            ("created_at", Col::I),
+            ("flags", Col::S),
+        ],
+        "request_id",
+    ),
+    (
+        "audit",
+        &[
+            ("seq", Col::I),
+            ("ts", Col::I),
+            ("actor", Col::S),
+            ("action", Col::S),
+            ("target", Col::S),
+            ("ip", Col::S),
+            ("detail", Col::S),
+            ("prev_hash", Col::S),
+            ("hash", Col::S),
+        ],
+        "seq",
+    ),
+    (
+        "audit_head",
+        &[("id", Col::I), ("seq", Col::I), ("hash", Col::S)],
+        "id",
+    ),
+];
+
+/// One value read from a row, to be bound again.
+enum Val {
+    S(Option<String>),
+    I(Option<i64>),
+    F(Option<f64>),
+}
+
+impl SqlStore {
+    /// Rows per table (for `db copy` reports).
+    pub async fn table_counts(&self) -> Result<Vec<(String, i64)>> {
+        let mut out = Vec::new();
+        for (table, _, _) in TABLES {
+            let r = sqlx::query(&format!("SELECT COUNT(*) AS n FROM {table}"))
+                .fetch_one(&self.pool)
+                .await?;
+            out.push((table.to_string(), r.try_get::<i64, _>("n")?));
+        }
+        Ok(out)
+    }
+
+    /// Copy every row of every table into `to` (rows already there are kept:
+    /// the copy can be resumed). Answers the rows copied per table.
+    pub async fn copy_into(&self, to: &SqlStore) -> Result<Vec<(String, u64)>> {
+        let mut report = Vec::new();
+        for (table, cols, order) in TABLES {
+            let names: Vec<&str> = cols.iter().map(|c| c.0).collect();
+            let select = format!("SELECT {} FROM {table} ORDER BY {order}", names.join(", "));
+            let placeholders: Vec<String> = (1..=cols.len()).map(|i| format!("${i}")).collect();
+            let insert = format!(
+                "INSERT INTO {table} ({}) VALUES ({}) ON CONFLICT DO NOTHING",
+                names.join(", "),
+                placeholders.join(", ")
+            );
+            let rows = sqlx::query(&select).fetch_all(&self.pool).await?;
+            let mut copied = 0u64;
+            let mut tx = to.begin_write().await?;
+            for r in &rows {
+                let mut vals = Vec::with_capacity(cols.len());
+                for (name, ty) in cols.iter() {
+                    vals.push(match ty {
+                        Col::S => Val::S(r.try_get(*name)?),
+                        Col::I => Val::I(r.try_get(*name)?),
+                        Col::F => Val::F(r.try_get(*name)?),
+                    });
+                }
+                let mut q = sqlx::query(&insert);
+                for v in &vals {
+                    q = match v {
+                        Val::S(s) => q.bind(s.as_deref()),
+                        Val::I(i) => q.bind(*i),
+                        Val::F(f) => q.bind(*f),
+                    };
+                }
+                copied += q.execute(&mut *tx).await?.rows_affected();
+            }
+            tx.commit().await?;
+            report.push((table.to_string(), copied));
+        }
+        Ok(report)
+    }
+}
