@@ -24,6 +24,8 @@
 #                `perf stat` syscall tracepoints, in one extra run per variant and path
 #   RESULTS=bench/results/<timestamp>            where raw outputs go
 #   BIN=target/release                           where bursar and mock-upstream are
+#   BENCH_BURSAR_ENV="VAR=value ..."             extra environment for bursar only, e.g.
+#                LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 to try another allocator
 #
 # Everything binds 127.0.0.1, every run is bounded by DURATION, and every
 # process this script starts is stopped on exit (by its pid).
@@ -132,7 +134,7 @@ machine_ticks() {
   [ -n "$NGINX" ] && echo "nginx: $("$NGINX" -v 2>&1)"
   echo "bursar: $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$ROOT" && git diff --quiet HEAD -- src 2>/dev/null || echo ' (+ uncommitted src changes)')"
   echo "binary: $(ls -l --time-style=+%FT%T "$BIN/bursar" | awk '{print $6}')"
-  echo "settings: DURATION=$DURATION WARMUP=$WARMUP CONNS=$CONNS THREADS=$THREADS ROUNDS=$ROUNDS NGINX_WORKERS=$NGINX_WORKERS"
+  echo "settings: DURATION=$DURATION WARMUP=$WARMUP CONNS=$CONNS THREADS=$THREADS ROUNDS=$ROUNDS NGINX_WORKERS=$NGINX_WORKERS BIN=$BIN BENCH_BURSAR_ENV=${BENCH_BURSAR_ENV:-}"
 } >"$RESULTS/machine.txt"
 
 # ---------------------------------------------------------------- servers
@@ -197,7 +199,8 @@ api_key = "sk-bench"
 EOF
   cp "$TMP/bursar.toml" "$RESULTS/bursar.toml"
   log "bursar on 127.0.0.1:$BUR_PORT"
-  env -u OPENAI_API_KEY -u ANTHROPIC_API_KEY BURSAR_ADMIN_KEY="$ADMIN_KEY" BURSAR_LOG=warn \
+  # shellcheck disable=SC2086 # BENCH_BURSAR_ENV is a list of VAR=value words
+  env -u OPENAI_API_KEY -u ANTHROPIC_API_KEY BURSAR_ADMIN_KEY="$ADMIN_KEY" BURSAR_LOG=warn ${BENCH_BURSAR_ENV:-} \
     "$BIN/bursar" serve --listen "127.0.0.1:$BUR_PORT" --database "sqlite://$TMP/bench.db" --config "$TMP/bursar.toml" \
     >"$RESULTS/bursar.log" 2>&1 &
   BUR_PID=$!
@@ -250,17 +253,34 @@ sed -i 's/bsr_[A-Za-z0-9]*/bsr_<redacted>/g' "$RESULTS"/sample-* 2>/dev/null || 
 RUNS="$RESULTS/runs.tsv"
 printf 'round\tvariant\tpath\trps\tp50_us\tp90_us\tp99_us\tp999_us\tmax_us\terrors\tnon2xx\tproxy_cpu_us_per_req\tmock_cpu_us_per_req\tmachine_busy_pct\n' >"$RUNS"
 
+# Fail loudly if a server this script started has gone away (someone else's
+# `pkill`, a crash, the OOM killer): name it and its exit status.
+check_alive() {
+  local name pid st
+  for name in mock nginx bursar; do
+    case $name in mock) pid=$MOCK_PID ;; nginx) pid=$NGX_PID ;; bursar) pid=$BUR_PID ;; esac
+    [ -n "$pid" ] || continue
+    if ! kill -0 "$pid" 2>/dev/null; then
+      st=0
+      wait "$pid" 2>/dev/null || st=$?
+      die "$name (pid $pid) exited unexpectedly with status $st (143 = SIGTERM, 137 = SIGKILL); see $RESULTS/$name.log"
+    fi
+  done
+}
+
 run_wrk() { # variant path seconds outfile
   local stream=0
   [ "$1" = chat-stream ] && stream=1
   BENCH_KEY=$(key_of "$2") BENCH_STREAM=$stream \
-    wrk -t "$THREADS" -c "$CONNS" -d "${3}s" --timeout 5s -s "$BENCH/wrk-chat.lua" "$(url_of "$2")" >"$4" 2>&1
+    wrk -t "$THREADS" -c "$CONNS" -d "${3}s" --timeout 5s -s "$BENCH/wrk-chat.lua" "$(url_of "$2")" >"$4" 2>&1 ||
+    { check_alive; die "wrk failed on $2/$1 (output: $4)"; }
+  check_alive
 }
 
 for ((r = 1; r <= ROUNDS; r++)); do
   for v in $VARIANTS; do
     for p in $PATHS; do
-      run_wrk "$v" "$p" "$WARMUP" /dev/null
+      run_wrk "$v" "$p" "$WARMUP" "$TMP/warmup.txt"
       pp=$(proxy_pids "$p")
       p0=$(proc_ticks $pp)
       m0=$(proc_ticks "$MOCK_PID")

@@ -75,9 +75,9 @@ async fn create_answers_the_secret_once() {
     let i = tampered.len() - 10;
     tampered[i] = if tampered[i] == b'a' { b'b' } else { b'a' };
     let tampered = String::from_utf8(tampered).unwrap();
-    let (s, _, body) = gw.chat(&tampered, "echo", "hi").await;
+    let (s, _, body) = gw.chat_settled(&tampered, "echo", "hi").await;
     assert_eq!(s, 401, "{body}");
-    let (s, _, body) = gw.chat(&secret2, "echo", "hi").await;
+    let (s, _, body) = gw.chat_settled(&secret2, "echo", "hi").await;
     assert_eq!(s, 200, "{body}");
 
     // Never again: not in show, not in list.
@@ -227,7 +227,9 @@ async fn show_has_fields_spend_and_no_secret() {
         .await;
 
     // Spend a little through the echo model.
-    let (s, h, _) = gw.chat(&secret, "echo", "spend some money please").await;
+    let (s, h, _) = gw
+        .chat_settled(&secret, "echo", "spend some money please")
+        .await;
     assert_eq!(s, 200);
     let row = gw.wait_usage(&request_id(&h)).await;
     let cost = row["cost_usd"].as_f64().unwrap();
@@ -272,7 +274,7 @@ async fn patch_changes_clears_and_refuses() {
     let path = format!("/admin/v1/keys/{id}");
 
     // The scope is enforced...
-    let (s, _, body) = gw.chat(&secret, "echo", "hi").await;
+    let (s, _, body) = gw.chat_settled(&secret, "echo", "hi").await;
     assert_eq!(s, 403, "{body}");
 
     // ...a patch changes fields and keeps the others...
@@ -299,7 +301,7 @@ async fn patch_changes_clears_and_refuses() {
     assert_eq!(v["models"], json!([]));
     assert_eq!(v["user"], Value::Null);
     assert_eq!(v["team"], "ops");
-    let (s, _, body) = gw.chat(&secret, "echo", "hi").await;
+    let (s, _, body) = gw.chat_settled(&secret, "echo", "hi").await;
     assert_eq!(s, 200, "{body}");
     let (_, shown) = gw.admin("GET", &path, None).await;
     assert_eq!(shown["user"], Value::Null);
@@ -393,7 +395,7 @@ async fn revoke_takes_effect_at_once() {
     let mock = MockUpstream::start().await;
     let gw = Gateway::start(&mock).await;
     let (id, secret) = gw.open_key().await;
-    let (s, _, _) = gw.chat(&secret, "echo", "before").await;
+    let (s, _, _) = gw.chat_settled(&secret, "echo", "before").await;
     assert_eq!(s, 200);
 
     let (status, v) = gw
@@ -404,7 +406,7 @@ async fn revoke_takes_effect_at_once() {
     assert_no_secret(&v, &secret);
 
     // No waiting: the very next request is refused.
-    let (s, _, body) = gw.chat(&secret, "echo", "after").await;
+    let (s, _, body) = gw.chat_settled(&secret, "echo", "after").await;
     assert_eq!(s, 401, "{body}");
     assert_eq!(body["error"]["type"], "invalid_api_key", "{body}");
     let (_, shown) = gw.admin("GET", &format!("/admin/v1/keys/{id}"), None).await;
@@ -452,7 +454,7 @@ async fn rotate_with_and_without_grace() {
     assert!(v["rotation_grace_until"].is_string(), "{v}");
     assert!(new.starts_with(v["prefix"].as_str().unwrap()));
     for k in [&old, &new] {
-        let (s, _, body) = gw.chat(k, "echo", "both work").await;
+        let (s, _, body) = gw.chat_settled(k, "echo", "both work").await;
         assert_eq!(s, 200, "{body}");
     }
     let (_, shown) = gw.admin("GET", &format!("/admin/v1/keys/{id}"), None).await;
@@ -470,10 +472,10 @@ async fn rotate_with_and_without_grace() {
     assert_eq!(status, 200, "{v}");
     let newest = v["key"].as_str().unwrap().to_string();
     for k in [&old, &new] {
-        let (s, _, body) = gw.chat(k, "echo", "old").await;
+        let (s, _, body) = gw.chat_settled(k, "echo", "old").await;
         assert_eq!(s, 401, "{body}");
     }
-    let (s, _, _) = gw.chat(&newest, "echo", "newest").await;
+    let (s, _, _) = gw.chat_settled(&newest, "echo", "newest").await;
     assert_eq!(s, 200);
 
     // A short grace period ends.
@@ -487,7 +489,7 @@ async fn rotate_with_and_without_grace() {
     assert_eq!(status, 200, "{v}");
     let last = v["key"].as_str().unwrap().to_string();
     gw.wait_status(&newest, 401).await;
-    let (s, _, _) = gw.chat(&last, "echo", "last").await;
+    let (s, _, _) = gw.chat_settled(&last, "echo", "last").await;
     assert_eq!(s, 200);
 
     // Bad grace values are refused.
@@ -512,7 +514,7 @@ async fn expired_key_is_refused() {
     assert!(shown["expires_at"].is_string(), "{shown}");
 
     gw.wait_status(&secret, 401).await;
-    let (s, _, body) = gw.chat(&secret, "echo", "late").await;
+    let (s, _, body) = gw.chat_settled(&secret, "echo", "late").await;
     assert_eq!(s, 401);
     assert_eq!(body["error"]["type"], "invalid_api_key", "{body}");
     let (_, shown) = gw.admin("GET", &format!("/admin/v1/keys/{id}"), None).await;
@@ -573,18 +575,6 @@ async fn admin_routes_need_the_admin_key() {
     assert_eq!(v["data"].as_array().unwrap().len(), 1);
 }
 
-/// Status of `GET /bursar/v1/whoami` with `key` (authenticates, writes no usage).
-async fn whoami_status(gw: &Gateway, key: &str) -> u16 {
-    gw.http
-        .get(gw.url("/bursar/v1/whoami"))
-        .bearer_auth(key)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
 /// Create keys, revoke every other one, and check the newest ones keep their
 /// state, for `span`; answers what went wrong.
 async fn churn_keys(gw: &Gateway, span: std::time::Duration) -> Vec<String> {
@@ -595,14 +585,25 @@ async fn churn_keys(gw: &Gateway, span: std::time::Duration) -> Vec<String> {
     let mut i = 0;
     while started.elapsed() < span {
         i += 1;
-        let (status, v) = gw.admin("POST", "/admin/v1/keys", Some(json!({"name": format!("k{i}")}))).await;
+        let (status, v) = gw
+            .admin(
+                "POST",
+                "/admin/v1/keys",
+                Some(json!({"name": format!("k{i}")})),
+            )
+            .await;
         if status != 201 {
             problems.push(format!("create answered {status}: {v}"));
             continue;
         }
-        let (id, secret) = (v["id"].as_str().unwrap().to_string(), v["key"].as_str().unwrap().to_string());
+        let (id, secret) = (
+            v["id"].as_str().unwrap().to_string(),
+            v["key"].as_str().unwrap().to_string(),
+        );
         if i % 2 == 0 {
-            let (status, v) = gw.admin("POST", &format!("/admin/v1/keys/{id}/revoke"), None).await;
+            let (status, v) = gw
+                .admin("POST", &format!("/admin/v1/keys/{id}/revoke"), None)
+                .await;
             if status != 200 {
                 problems.push(format!("revoke answered {status}: {v}"));
             }
@@ -611,13 +612,13 @@ async fn churn_keys(gw: &Gateway, span: std::time::Duration) -> Vec<String> {
             live.push(secret);
         }
         for k in live.iter().rev().take(3) {
-            let s = whoami_status(gw, k).await;
+            let s = gw.whoami_status(k).await;
             if s != 200 {
                 problems.push(format!("a live key got {s} at {:?}", started.elapsed()));
             }
         }
         for k in dead.iter().rev().take(3) {
-            let s = whoami_status(gw, k).await;
+            let s = gw.whoami_status(k).await;
             if s != 401 {
                 problems.push(format!("a revoked key got {s} at {:?}", started.elapsed()));
             }
@@ -633,27 +634,44 @@ async fn churn_keys(gw: &Gateway, span: std::time::Duration) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "bug: KeyCache::reload races: a stale periodic reload can undo a create/revoke for up to 5 s"]
 async fn key_cache_never_goes_stale() {
-    let mock = std::sync::Arc::new(MockUpstream::start().await);
-    let mut tasks = Vec::new();
-    for n in 0..4u64 {
-        let mock = mock.clone();
-        tasks.push(tokio::spawn(async move {
-            let gw = Gateway::builder(&mock).no_settle().start().await;
-            let span = std::time::Duration::from_millis(if n == 0 { 5600 } else { 1500 });
-            churn_keys(&gw, span).await
-        }));
-    }
-    let mut problems = Vec::new();
-    for t in tasks {
-        problems.extend(t.await.unwrap());
-    }
+    let mock = MockUpstream::start().await;
+    let config = standard_config(&mock.url());
+    // Each gateway and its client on their own runtime, as parallel tests are.
+    let threads: Vec<_> = (0..4u64)
+        .map(|n| {
+            let config = config.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async move {
+                    let gw = GatewayBuilder::from_config(config)
+                        .no_settle()
+                        .start()
+                        .await;
+                    let span = std::time::Duration::from_millis(if n == 0 { 5600 } else { 2000 });
+                    churn_keys(&gw, span).await
+                })
+            })
+        })
+        .collect();
+    let problems: Vec<String> = tokio::task::spawn_blocking(move || {
+        threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect()
+    })
+    .await
+    .unwrap();
     assert!(problems.is_empty(), "{problems:#?}");
 }
 
-/// Stress test (intermittent by nature): admin writes while the usage writer
-/// commits rows must not fail with SQLite's "database is locked".
+/// Admin writes while the usage writer commits rows must not fail with
+/// SQLite's "database is locked" (read-then-write transactions need
+/// `BEGIN IMMEDIATE`; a regression test for that fix).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: SQLite read-then-write transactions (revoke_cascade, append_audit) fail with 'database is locked' under usage writes"]
 async fn admin_writes_succeed_while_usage_is_written() {
     let mock = MockUpstream::start().await;
     let gw = std::sync::Arc::new(Gateway::start(&mock).await);
@@ -671,7 +689,7 @@ async fn admin_writes_succeed_while_usage_is_written() {
     }
     let mut failures = Vec::new();
     let started = std::time::Instant::now();
-    while started.elapsed() < std::time::Duration::from_secs(4) {
+    while started.elapsed() < std::time::Duration::from_secs(3) {
         let (status, v) = gw
             .admin("POST", "/admin/v1/keys", Some(json!({"name": "busy"})))
             .await;

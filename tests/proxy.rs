@@ -576,7 +576,6 @@ async fn anthropic_count_tokens() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: count_tokens (free at Anthropic) is billed like a message: cost_usd > 0"]
 async fn count_tokens_is_not_billed() {
     let mock = MockUpstream::start().await;
     let gw = Gateway::start(&mock).await;

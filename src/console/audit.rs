@@ -72,7 +72,7 @@ pub async fn page(s: Session, Query(q): Query<HashMap<String, String>>) -> PageR
         form.filters method="get" action="/console/audit" {
             input type="search" name="actor" value=(get("actor")) placeholder="actor (e.g. console:alice)" aria-label="Actor contains" maxlength="200";
             select name="action" aria-label="Action" {
-                @for (v, l) in [("", "all actions"), ("key.", "key.*"), ("console", "console sign-ins"), ("console_user.", "console accounts"), ("team.", "team.*"), ("user.", "user.*"), ("admin", "admin.*"), ("guard", "guardrails"), ("budget", "budgets"), ("leak", "leak reports")] {
+                @for (v, l) in [("", "all actions"), ("key.", "keys"), ("console.", "console sign-ins"), ("console_user.", "console accounts"), ("team.", "teams"), ("user.", "users"), ("admin", "admin keys"), ("auth.", "refused keys"), ("scope.", "scope denials"), ("guardrail.", "guardrails"), ("budget.", "budgets")] {
                     option value=(v) selected[get("action") == v] { (l) }
                 }
             }

@@ -90,7 +90,7 @@ fn client() -> reqwest::Client {
 
 /// Remove every variable from the parent environment that bursar or the SDK
 /// helpers read, so a developer's shell cannot change a test's outcome.
-fn scrub_env(cmd: &mut Command) {
+pub fn scrub_env(cmd: &mut Command) {
     for (k, _) in std::env::vars() {
         let upper = k.to_ascii_uppercase();
         if upper.starts_with("BURSAR_")
@@ -112,6 +112,15 @@ pub struct GatewayBuilder {
 }
 
 impl GatewayBuilder {
+    /// A builder for a configuration file's text.
+    pub fn from_config(config: String) -> Self {
+        GatewayBuilder {
+            config,
+            env: Vec::new(),
+            settle: true,
+        }
+    }
+
     /// Add top-level TOML (e.g. `max_body_bytes = 2048`) before the tables.
     pub fn top_level(mut self, toml: &str) -> Self {
         self.config = format!("{toml}\n{}", self.config);
@@ -180,11 +189,7 @@ impl Drop for Gateway {
 
 impl Gateway {
     pub fn builder(mock: &MockUpstream) -> GatewayBuilder {
-        GatewayBuilder {
-            config: standard_config(&mock.url()),
-            env: Vec::new(),
-            settle: true,
-        }
+        GatewayBuilder::from_config(standard_config(&mock.url()))
     }
 
     /// A gateway with the standard configuration.
@@ -394,6 +399,21 @@ impl Gateway {
         (status, headers, body_json(resp).await)
     }
 
+    /// [`Gateway::chat`], then wait until its usage row is written (when it
+    /// has one), so that spend and usage are final before the next step.
+    pub async fn chat_settled(
+        &self,
+        key: &str,
+        model: &str,
+        text: &str,
+    ) -> (u16, HeaderMap, Value) {
+        let (status, headers, body) = self.chat(key, model, text).await;
+        if status != 401 {
+            self.wait_usage(&request_id(&headers)).await;
+        }
+        (status, headers, body)
+    }
+
     /// Every usage row (newest first), at most 10 000.
     pub async fn usage_rows(&self, query: &str) -> Vec<Value> {
         let sep = if query.is_empty() { "" } else { "&" };
@@ -476,18 +496,31 @@ impl Gateway {
         }
     }
 
-    /// Poll until a request with `key` gets `status` (key cache and clocks
-    /// move asynchronously).
+    /// Status of `GET /bursar/v1/whoami` with `key` (authenticates the key
+    /// without writing a usage row).
+    pub async fn whoami_status(&self, key: &str) -> u16 {
+        self.http
+            .get(self.url("/bursar/v1/whoami"))
+            .bearer_auth(key)
+            .send()
+            .await
+            .expect("whoami")
+            .status()
+            .as_u16()
+    }
+
+    /// Poll until `key` authenticates with `status` (expiry and grace periods
+    /// end on the gateway's clock).
     pub async fn wait_status(&self, key: &str, status: u16) {
         let deadline = Instant::now() + PATIENCE;
         loop {
-            let (s, _, body) = self.chat(key, "echo", "ping").await;
+            let s = self.whoami_status(key).await;
             if s == status {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "key never got {status}; last {s}: {body}"
+                "key never got {status}; last {s}"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
