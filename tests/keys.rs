@@ -354,7 +354,6 @@ async fn patch_changes_clears_and_refuses() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: a field of the wrong JSON type gets a 400 whose message does not name the field"]
 async fn patch_and_create_name_a_field_of_the_wrong_type() {
     let mock = MockUpstream::start().await;
     let gw = Gateway::start(&mock).await;
@@ -632,7 +631,6 @@ async fn churn_keys(gw: &Gateway, span: std::time::Duration) -> Vec<String> {
 /// start-up and every 5 s; several gateways start at once (so that one is
 /// slow) and are changed at once and across a refresh tick.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: KeyCache::reload races: a stale periodic reload can undo a create/revoke for up to 5 s"]
 async fn key_cache_never_goes_stale() {
     let mock = MockUpstream::start().await;
     let config = standard_config(&mock.url());

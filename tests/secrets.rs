@@ -456,7 +456,6 @@ async fn data_plane_responses_carry_request_id_and_cost() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: admin API, /bursar/v1/whoami and /healthz answers have no x-request-id"]
 async fn every_response_carries_a_request_id() {
     let mock = MockUpstream::start().await;
     let gw = Gateway::start(&mock).await;

@@ -39,6 +39,7 @@ pub fn router() -> Router<Arc<App>> {
         .route("/users/{name}", get(show_user).patch(update_user))
         .route("/teams", get(list_teams).post(create_team))
         .route("/teams/{name}", get(show_team).patch(update_team))
+        .merge(crate::console::admin_routes())
         .layer(axum::extract::DefaultBodyLimit::max(MAX_ADMIN_BODY))
 }
 
@@ -243,7 +244,7 @@ pub(crate) fn parse_fields(body: Value) -> Result<KeyFields, AdminError> {
     if !body.is_object() {
         return Err(bad("the body must be a JSON object"));
     }
-    serde_json::from_value(body).map_err(|e| bad(e.to_string()))
+    crate::keys::spec::from_json(body).map_err(bad)
 }
 
 async fn changed(app: &App) -> Result<(), AdminError> {
@@ -709,7 +710,7 @@ pub(crate) async fn create_owner_row(
     kind: &str,
     body: Value,
 ) -> Result<OwnerRow, AdminError> {
-    let fields: OwnerFields = serde_json::from_value(body).map_err(|e| bad(e.to_string()))?;
+    let fields: OwnerFields = crate::keys::spec::from_json(body).map_err(bad)?;
     fields.validate().map_err(bad)?;
     let name = fields.name.clone().unwrap_or_default();
     if app.store.get_owner(kind, &name).await?.is_some() {
@@ -790,7 +791,7 @@ pub(crate) async fn update_owner_row(
             }
         }
     }
-    let fields: OwnerFields = serde_json::from_value(obj).map_err(|e| bad(e.to_string()))?;
+    let fields: OwnerFields = crate::keys::spec::from_json(obj).map_err(bad)?;
     fields.validate().map_err(bad)?;
     row.team = fields.team.clone();
     row.spec = serde_json::to_string(&fields).map_err(anyhow::Error::from)?;

@@ -1,6 +1,7 @@
 //! The command line: `serve` runs the gateway; every other command is a
 //! client of a running gateway's HTTP API (`BURSAR_URL`, `BURSAR_ADMIN_KEY`).
 
+mod console;
 mod db;
 mod env;
 mod keys;
@@ -52,7 +53,7 @@ enum Command {
     },
     /// Create, list, show, update, revoke and rotate virtual keys.
     #[command(subcommand)]
-    Keys(keys::KeysCmd),
+    Keys(Box<keys::KeysCmd>),
     /// Users: owners of keys, with their own limits and budgets.
     #[command(subcommand)]
     Users(owners::OwnersCmd),
@@ -72,6 +73,9 @@ enum Command {
     Exec(env::ExecArgs),
     /// Show the scope, limits, budget and models of a key (BURSAR_API_KEY).
     Whoami(env::WhoamiArgs),
+    /// Accounts of the web console (/console): create (with an invite link), list, invite, update.
+    #[command(subcommand)]
+    ConsoleUser(console::ConsoleUserCmd),
 }
 
 pub fn main() -> i32 {
@@ -109,7 +113,7 @@ async fn run(cli: Cli) -> i32 {
             listen,
             database,
         } => return serve(config, listen, database).await,
-        Command::Keys(cmd) => keys::run(&client, cmd).await,
+        Command::Keys(cmd) => keys::run(&client, *cmd).await,
         Command::Users(cmd) => owners::run(&client, "user", cmd).await,
         Command::Teams(cmd) => owners::run(&client, "team", cmd).await,
         Command::Db(cmd) => db::run(cmd).await,
@@ -118,6 +122,7 @@ async fn run(cli: Cli) -> i32 {
         Command::Env(a) => env::env(&client, a),
         Command::Exec(a) => env::exec(&client, a).await,
         Command::Whoami(a) => env::whoami(&client, a).await,
+        Command::ConsoleUser(cmd) => console::run(&client, cmd).await,
     };
     match result {
         Ok(code) => code,

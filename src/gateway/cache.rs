@@ -52,6 +52,8 @@ pub struct KeyCache {
     maps: RwLock<Arc<Maps>>,
     /// When the cache last matched the store (epoch ms).
     fresh_at: std::sync::atomic::AtomicI64,
+    /// Reloads run one at a time, so an older read can never replace a newer one.
+    reload_lock: tokio::sync::Mutex<()>,
 }
 
 /// What a presented secret resolves to.
@@ -70,6 +72,7 @@ fn decode_hash(h: &str) -> Option<KeyHash> {
 
 impl KeyCache {
     pub async fn reload(&self, store: &dyn Store) -> Result<()> {
+        let _one_at_a_time = self.reload_lock.lock().await;
         let rows = store.all_keys().await?;
         let admins = store.admin_keys().await?;
         let owners = store.list_owners(None).await?;

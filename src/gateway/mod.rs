@@ -146,6 +146,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(telemetry::render))
         .nest("/admin/v1", crate::admin::router())
+        .nest("/console", crate::console::router(app.clone()))
         .route("/bursar/v1/whoami", get(selfservice::whoami))
         .route(
             "/bursar/v1/keys",
@@ -156,8 +157,20 @@ pub fn router(app: Arc<App>) -> Router {
             axum::routing::post(selfservice::report_leak),
         )
         .fallback(proxy::handle)
+        .layer(axum::middleware::map_response(ensure_request_id))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(app)
+}
+
+/// Every answer carries `x-request-id`: the data plane sets its own (the one
+/// in the usage row); every other route gets one here.
+async fn ensure_request_id(mut resp: axum::response::Response) -> axum::response::Response {
+    if !resp.headers().contains_key("x-request-id")
+        && let Ok(v) = axum::http::HeaderValue::from_str(&crate::util::new_id("req"))
+    {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
 }
 
 /// Ready when the store and (if configured) Redis answer.

@@ -305,8 +305,10 @@ async fn mint(app: &Arc<App>, peer: SocketAddr, req: Request) -> Result<Response
     let body = axum::body::to_bytes(req.into_body(), MAX_BODY)
         .await
         .map_err(|_| ApiError::too_large(MAX_BODY))?;
-    let fields: KeyFields = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::invalid_request(format!("the body is not a valid key: {e}")))?;
+    let json: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::invalid_request(format!("the body is not valid JSON: {e}")))?;
+    let fields: KeyFields =
+        crate::keys::spec::from_json(json).map_err(ApiError::invalid_request)?;
     let now = now_ms();
     let mut fields = fields;
     // A child without a lifetime lives as long as its parent.

@@ -1,8 +1,8 @@
 //! Key format, checksum, hashing and scope matching. Pure: no I/O.
 //!
-//! A key is `bsr_` (or `bsra_` for admin keys) + 30 random base62 characters
-//! + 6 base62 characters of the CRC32 of those 30 characters, so a scanner can
-//! tell a real key from noise offline. Only the SHA-256 of a key is stored.
+//! A key is `bsr_` (or `bsra_` for admin keys), then 30 random base62
+//! characters, then 6 base62 characters of the CRC32 of those 30, so a scanner
+//! can tell a real key from noise offline. Only the SHA-256 of a key is stored.
 
 use rand::Rng;
 use sha2::{Digest, Sha256};

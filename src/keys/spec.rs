@@ -327,7 +327,7 @@ pub fn merge_patch(current: &KeyFields, patch: &Map<String, Value>) -> Result<Ke
     } else if patch.contains_key("expires_at") {
         obj.remove("ttl_seconds");
     }
-    serde_json::from_value(Value::Object(obj)).map_err(|e| e.to_string())
+    from_json(Value::Object(obj))
 }
 
 #[cfg(test)]
@@ -431,5 +431,32 @@ impl OwnerFields {
             ..Default::default()
         };
         as_key.validate(0).map(|_| ())
+    }
+}
+
+/// Deserialize API input; a type error names the field (`rpm: invalid type…`).
+pub fn from_json<T: serde::de::DeserializeOwned>(v: Value) -> Result<T, String> {
+    serde_path_to_error::deserialize(v).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." || path.is_empty() {
+            e.into_inner().to_string()
+        } else {
+            format!("{path}: {}", e.into_inner())
+        }
+    })
+}
+
+#[cfg(test)]
+mod from_json_tests {
+    use super::*;
+
+    #[test]
+    fn type_errors_name_the_field() {
+        let e =
+            from_json::<KeyFields>(serde_json::json!({"name": "a", "rpm": "lots"})).unwrap_err();
+        assert!(e.starts_with("rpm: invalid type"), "{e}");
+        let e = from_json::<KeyFields>(serde_json::json!({"name": "a", "budget": {"usd": "x"}}))
+            .unwrap_err();
+        assert!(e.starts_with("budget.usd"), "{e}");
     }
 }

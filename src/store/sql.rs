@@ -755,8 +755,11 @@ enum Col {
     F,
 }
 
-/// Every table, its columns and the column to page by.
-const TABLES: &[(&str, &[(&str, Col)], &str)] = &[
+/// A table's name, its columns with their types, and the column to order by.
+type TableSpec = (&'static str, &'static [(&'static str, Col)], &'static str);
+
+/// Every table.
+const TABLES: &[TableSpec] = &[
     (
         "api_keys",
         &[

@@ -32,13 +32,9 @@ pub const REAL_KEYS: [&str; 3] = [OPENAI_KEY, ANTHROPIC_KEY, ONPREM_KEY];
 /// start-up, exit) before failing. Generous: only reached on failure.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
-/// WORKAROUND for a bug in src (see `keys::key_cache_never_goes_stale`):
-/// the periodic key-cache refresh fires once at start-up and, when it is
-/// slow, swaps in a snapshot taken before the test's first keys existed, so
-/// a key created in the first moments can answer 401 for up to 5 s. Until
-/// reloads are serialized, give that first refresh time to finish. Remove
-/// (set to zero) once the fix lands.
-pub const STARTUP_SETTLE: Duration = Duration::from_millis(300);
+/// A pause after start-up that once hid a key-cache reload race (fixed:
+/// reloads are serialized; `keys::key_cache_never_goes_stale` guards it).
+pub const STARTUP_SETTLE: Duration = Duration::ZERO;
 
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_bursar")
@@ -109,6 +105,7 @@ pub struct GatewayBuilder {
     config: String,
     env: Vec<(String, String)>,
     settle: bool,
+    database: Option<String>,
 }
 
 impl GatewayBuilder {
@@ -118,6 +115,7 @@ impl GatewayBuilder {
             config,
             env: Vec::new(),
             settle: true,
+            database: None,
         }
     }
 
@@ -135,6 +133,13 @@ impl GatewayBuilder {
 
     pub fn env(mut self, k: &str, v: &str) -> Self {
         self.env.push((k.into(), v.into()));
+        self
+    }
+
+    /// Use this database URL (e.g. `postgres://…`) instead of the temp
+    /// dir's SQLite file.
+    pub fn database(mut self, url: &str) -> Self {
+        self.database = Some(url.to_string());
         self
     }
 
@@ -158,6 +163,7 @@ impl GatewayBuilder {
             http: client(),
             env: self.env,
             settle: self.settle,
+            database: self.database,
         };
         gw.spawn().await;
         gw
@@ -176,6 +182,8 @@ pub struct Gateway {
     child: Option<Child>,
     env: Vec<(String, String)>,
     settle: bool,
+    /// The database URL when it is not the temp dir's SQLite file.
+    pub database: Option<String>,
 }
 
 impl Drop for Gateway {
@@ -205,7 +213,11 @@ impl Gateway {
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--database")
-            .arg(format!("sqlite://{}", self.db_path.display()))
+            .arg(
+                self.database
+                    .clone()
+                    .unwrap_or_else(|| format!("sqlite://{}", self.db_path.display())),
+            )
             .arg("--config")
             .arg(&self.config_path)
             .env("BURSAR_ADMIN_KEY", ADMIN_KEY)
@@ -734,4 +746,259 @@ pub async fn exec_sql(db_path: &Path, sql: &str) -> u64 {
     let done = sqlx::query(sql).execute(&mut db).await.expect("run SQL");
     db.close().await.expect("close the database");
     done.rows_affected()
+}
+
+// ---------------------------------------------------------------------------
+// Scale-out helpers: each test's own PostgreSQL database and Redis key
+// prefix on the machine's shared services, and a private redis-server a
+// test may kill and restart.
+
+/// The machine's PostgreSQL (trust auth, database `test`): only used to
+/// create and drop each test's own database.
+pub const PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+/// The machine's shared Redis. Never flushed: every test uses its own prefix.
+pub const REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+/// `bursar_t_` + 12 random lowercase letters and digits: a database name
+/// and a Redis prefix no other test uses.
+pub fn unique_name() -> String {
+    use rand::Rng;
+    const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    let tail: String = (0..12)
+        .map(|_| CHARS[rng.random_range(0..CHARS.len())] as char)
+        .collect();
+    format!("bursar_t_{tail}")
+}
+
+/// A PostgreSQL database of the test's own, dropped (best effort) on drop.
+pub struct PgDb {
+    pub name: String,
+    /// `postgres://postgres@127.0.0.1:5432/<name>`
+    pub url: String,
+}
+
+impl PgDb {
+    pub async fn create() -> PgDb {
+        use sqlx::Connection;
+        let name = unique_name();
+        let mut last = String::new();
+        for _ in 0..5 {
+            let mut c = sqlx::PgConnection::connect(PG_ADMIN_URL)
+                .await
+                .unwrap_or_else(|e| panic!("connect to PostgreSQL at {PG_ADMIN_URL}: {e}"));
+            let done = sqlx::query(&format!("CREATE DATABASE {name}"))
+                .execute(&mut c)
+                .await;
+            let _ = c.close().await;
+            match done {
+                Ok(_) => {
+                    return PgDb {
+                        url: format!("postgres://postgres@127.0.0.1:5432/{name}"),
+                        name,
+                    };
+                }
+                // Concurrent CREATE DATABASE can collide on the template.
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("CREATE DATABASE {name}: {last}");
+    }
+
+    /// The database's URL through another port (a proxy in front of PostgreSQL).
+    pub fn url_on_port(&self, port: u16) -> String {
+        format!("postgres://postgres@127.0.0.1:{port}/{}", self.name)
+    }
+
+    /// A direct connection to the database (not through any proxy).
+    pub async fn connect(&self) -> sqlx::PgConnection {
+        use sqlx::Connection;
+        sqlx::PgConnection::connect(&self.url)
+            .await
+            .unwrap_or_else(|e| panic!("connect to {}: {e}", self.url))
+    }
+}
+
+impl Drop for PgDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime: do the async work on a
+        // thread of its own.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                use sqlx::Connection;
+                if let Ok(mut c) = sqlx::PgConnection::connect(PG_ADMIN_URL).await {
+                    let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                        .execute(&mut c)
+                        .await;
+                    let _ = c.close().await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A Redis key prefix of the test's own (`bursar_t_…:`); its keys are
+/// deleted (best effort) on drop.
+pub struct RedisPrefix {
+    pub prefix: String,
+}
+
+impl RedisPrefix {
+    pub fn new() -> RedisPrefix {
+        RedisPrefix {
+            prefix: format!("{}:", unique_name()),
+        }
+    }
+
+    /// The keys under this prefix on the shared Redis.
+    pub fn keys(&self) -> Vec<String> {
+        redis_keys(REDIS_URL, &self.prefix).unwrap_or_default()
+    }
+}
+
+impl Default for RedisPrefix {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for RedisPrefix {
+    fn drop(&mut self) {
+        let Ok(keys) = redis_keys(REDIS_URL, &self.prefix) else {
+            return;
+        };
+        if keys.is_empty() {
+            return;
+        }
+        if let Ok(mut c) = redis::Client::open(REDIS_URL)
+            .and_then(|c| c.get_connection_with_timeout(Duration::from_secs(2)))
+        {
+            for chunk in keys.chunks(500) {
+                let _ = redis::cmd("DEL").arg(chunk).query::<i64>(&mut c);
+            }
+        }
+    }
+}
+
+/// Every key under `prefix` (SCAN, never KEYS).
+pub fn redis_keys(url: &str, prefix: &str) -> redis::RedisResult<Vec<String>> {
+    let mut c = redis::Client::open(url)?.get_connection_with_timeout(Duration::from_secs(2))?;
+    let mut out = Vec::new();
+    let mut cursor = 0u64;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query(&mut c)?;
+        out.extend(keys);
+        if next == 0 {
+            return Ok(out);
+        }
+        cursor = next;
+    }
+}
+
+/// A private `redis-server` (no persistence) a test may kill and restart on
+/// the same port. Killed on drop.
+pub struct RedisServer {
+    pub port: u16,
+    dir: TempDir,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Start on a free port and wait until it answers.
+    pub async fn start() -> RedisServer {
+        let mut s = RedisServer {
+            port: free_port(),
+            dir: tempfile::tempdir().expect("temp dir"),
+            child: None,
+        };
+        s.spawn().await;
+        s
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Start again on the same port (after [`RedisServer::kill`]).
+    pub async fn spawn(&mut self) {
+        assert!(self.child.is_none(), "redis-server already running");
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("redis.log"))
+            .expect("open redis log");
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .args(["--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn redis-server (is it installed?)");
+        self.child = Some(child);
+        let deadline = Instant::now() + PATIENCE;
+        while !redis_answers(self.port).await {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                let mut log = String::new();
+                let _ = File::open(self.dir.path().join("redis.log"))
+                    .and_then(|mut f| f.read_to_string(&mut log));
+                panic!("redis-server exited with {status}:\n{log}");
+            }
+            assert!(Instant::now() < deadline, "redis-server did not answer");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Kill the server (SIGKILL: like a crash) and wait until it is gone.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Whether a Redis server answers PING on 127.0.0.1:`port`.
+pub async fn redis_answers(port: u16) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ping = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        s.write_all(b"PING\r\n").await?;
+        let mut buf = [0u8; 7];
+        s.read_exact(&mut buf).await?;
+        Ok::<bool, std::io::Error>(&buf == b"+PONG\r\n")
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_millis(500), ping).await,
+        Ok(Ok(true))
+    )
 }
