@@ -659,3 +659,41 @@ async fn budget_threshold_sends_one_signed_webhook_and_an_audit_event() {
     let v: Value = serde_json::from_str(body).unwrap();
     assert_eq!(v["type"], "budget.threshold");
 }
+
+#[tokio::test]
+async fn a_malformed_body_cannot_slip_past_the_model_scope() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(&mock).await;
+    let (_, key) = gw
+        .create_key(json!({"name": "s", "models": ["echo"]}))
+        .await;
+    // A decision field of the wrong type must not make the model unreadable.
+    let r = gw
+        .post(
+            "/v1/chat/completions",
+            &key,
+            &json!({"model": "gpt-4o", "stream": "yes", "messages": []}),
+        )
+        .await;
+    assert_eq!(r.status(), 400);
+    // A request whose model the gateway cannot read (multipart) is refused
+    // for a model-limited key.
+    let body =
+        "--b\r\ncontent-disposition: form-data; name=\"model\"\r\n\r\nwhisper-1\r\n--b--\r\n";
+    let r = gw
+        .http
+        .post(gw.url("/v1/audio/transcriptions"))
+        .bearer_auth(&key)
+        .header("content-type", "multipart/form-data; boundary=b")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(
+        mock.requests()
+            .iter()
+            .all(|r| !r.path.contains("chat") && !r.path.contains("audio")),
+        "nothing reached the upstream"
+    );
+}

@@ -278,12 +278,23 @@ async fn serve(
         }
     }
 
+    // A JSON body whose decision fields cannot be read is refused: forwarding
+    // it would let a malformed `model` slip past the key's scope.
     let facts: Facts = if parts.method == Method::POST && body.first().is_some_and(|b| *b == b'{') {
-        serde_json::from_slice(&body).unwrap_or_default()
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::invalid_request(format!("the request body cannot be read: {e}"))
+        })?
     } else {
         Facts::default()
     };
     let model = facts.model.clone();
+    // A key limited to some models may only make requests whose model
+    // bursar can read (not, e.g., a multipart upload naming its own model).
+    if model.is_none() && !key.spec.models.is_empty() && endpoint != "models" {
+        return Err(ApiError::denied(
+            "this key is limited to some models, and this request names none that the gateway can check",
+        ));
+    }
 
     let route = match (&surface.native, model.as_deref()) {
         (_, Some("echo")) => Route::Echo,
