@@ -294,7 +294,12 @@ fn login_page(form_token: &str, name: &str, next: &str, error: Option<&str>) -> 
 }
 
 /// A page with a fresh form cookie (login CSRF protection).
-fn with_form_cookie(status: StatusCode, headers: &HeaderMap, token: &str, page: Markup) -> Response {
+fn with_form_cookie(
+    status: StatusCode,
+    headers: &HeaderMap,
+    token: &str,
+    page: Markup,
+) -> Response {
     (
         status,
         [(
@@ -353,9 +358,22 @@ pub async fn login(
         );
     }
     let name = form.get("name").unwrap_or("").to_string();
-    let password = form.0.iter().find(|(k, _)| k == "password").map(|(_, v)| v.clone()).unwrap_or_default();
-    if name.is_empty() || name.len() > 64 || password.is_empty() || password.len() > auth::MAX_PASSWORD_BYTES {
-        return again(StatusCode::BAD_REQUEST, &name, "Enter your name and password.");
+    let password = form
+        .0
+        .iter()
+        .find(|(k, _)| k == "password")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    if name.is_empty()
+        || name.len() > 64
+        || password.is_empty()
+        || password.len() > auth::MAX_PASSWORD_BYTES
+    {
+        return again(
+            StatusCode::BAD_REQUEST,
+            &name,
+            "Enter your name and password.",
+        );
     }
     let app = &console.app;
     let keys = auth::limiter_keys(&ip, &name);
@@ -372,7 +390,10 @@ pub async fn login(
         let mut resp = again(
             StatusCode::TOO_MANY_REQUESTS,
             &name,
-            &format!("Too many failed sign-ins for this account or from this address. Try again in {mins} minute{}.", if mins == 1 { "" } else { "s" }),
+            &format!(
+                "Too many failed sign-ins for this account or from this address. Try again in {mins} minute{}.",
+                if mins == 1 { "" } else { "s" }
+            ),
         );
         if let Ok(v) = wait.to_string().parse() {
             resp.headers_mut().insert(header::RETRY_AFTER, v);
@@ -387,7 +408,11 @@ pub async fn login(
         Ok(u) => u,
         Err(e) => return PageError::from(e).into_response(),
     };
-    let ok = verify_blocking(user.as_ref().and_then(|u| u.password_hash.clone()), password).await;
+    let ok = verify_blocking(
+        user.as_ref().and_then(|u| u.password_hash.clone()),
+        password,
+    )
+    .await;
     let user = match user {
         Some(u) if ok && u.status == "active" => u,
         other => {
@@ -433,7 +458,11 @@ pub async fn login(
 
 pub async fn logout(session: Session, form: FormData) -> PageResult {
     session.check_change(&form)?;
-    session.console.db()?.delete_session(&session.token_hash).await?;
+    session
+        .console
+        .db()?
+        .delete_session(&session.token_hash)
+        .await?;
     session.app().audit.event(
         &session.actor().actor,
         "console.logout",
@@ -492,7 +521,12 @@ pub async fn invite_form(
     match db.invite_user(&auth::token_hash(&token), now_ms()).await {
         Ok(Some(user)) => {
             let ft = auth::new_token();
-            with_form_cookie(StatusCode::OK, &headers, &ft, invite_page(&ft, &token, &user, None))
+            with_form_cookie(
+                StatusCode::OK,
+                &headers,
+                &ft,
+                invite_page(&ft, &token, &user, None),
+            )
         }
         Ok(None) => bad_invite(),
         Err(e) => PageError::from(e).into_response(),
@@ -521,13 +555,31 @@ pub async fn invite_accept(
     };
     let ft = auth::new_token();
     let again = |status, msg: &str| {
-        with_form_cookie(status, &headers, &ft, invite_page(&ft, &token, &user, Some(msg)))
+        with_form_cookie(
+            status,
+            &headers,
+            &ft,
+            invite_page(&ft, &token, &user, Some(msg)),
+        )
     };
     if !form_cookie_ok(&headers, &form) {
-        return again(StatusCode::FORBIDDEN, "The form expired or came from another site. Try again.");
+        return again(
+            StatusCode::FORBIDDEN,
+            "The form expired or came from another site. Try again.",
+        );
     }
-    let p1 = form.0.iter().find(|(k, _)| k == "password").map(|(_, v)| v.as_str()).unwrap_or("");
-    let p2 = form.0.iter().find(|(k, _)| k == "password2").map(|(_, v)| v.as_str()).unwrap_or("");
+    let p1 = form
+        .0
+        .iter()
+        .find(|(k, _)| k == "password")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("");
+    let p2 = form
+        .0
+        .iter()
+        .find(|(k, _)| k == "password2")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or("");
     if p1 != p2 {
         return again(StatusCode::BAD_REQUEST, "The two passwords differ.");
     }
@@ -604,7 +656,8 @@ pub async fn password_change(s: Session, form: FormData) -> PageResult {
             .unwrap_or_default()
     };
     let (current, p1, p2) = (raw("current"), raw("password"), raw("password2"));
-    let fail = |status: StatusCode, msg: &str| Ok((status, password_page(&s, Some(msg))).into_response());
+    let fail =
+        |status: StatusCode, msg: &str| Ok((status, password_page(&s, Some(msg))).into_response());
     if current.len() > auth::MAX_PASSWORD_BYTES
         || !verify_blocking(s.user.password_hash.clone(), current).await
     {
@@ -674,7 +727,7 @@ async fn accounts_page(
                 h2 { "Invite link for " (name) }
                 p { "Send this link to " strong { (name) } " over a channel you trust. It works once, for 7 days, and is not shown again." }
                 div.secret-row {
-                    code#invite-link.secret { (url) }
+                    code.secret id="invite-link" { (url) }
                     button.btn type="button" data-copy="invite-link" { "Copy" }
                 }
             }
@@ -687,7 +740,7 @@ async fn accounts_page(
                 (h::select("Role", "role", "member", &[("member", "member — own keys and usage"), ("viewer", "viewer — read-only usage"), ("admin", "admin — everything")], None))
                 (h::field("Team", "team", "", Some("Members create keys within this team's limits."), FieldAttrs { list: Some("team-names"), maxlength: Some("64"), ..Default::default() }))
                 (h::field("Password", "password", "", Some("Leave empty to get an invite link instead."), FieldAttrs { kind: "password", autocomplete: Some("new-password"), maxlength: Some("256"), ..Default::default() }))
-                datalist#team-names { @for t in &teams { option value=(t) {} } }
+                datalist id="team-names" { @for t in &teams { option value=(t) {} } }
                 div.form-actions { button.btn.btn-primary type="submit" { "Create account" } }
             }
         }
@@ -798,11 +851,16 @@ pub async fn reinvite(s: Session, Path(name): Path<String>, form: FormData) -> P
 pub async fn update(s: Session, Path(name): Path<String>, form: FormData) -> PageResult {
     s.check_change(&form)?;
     s.require_admin()?;
-    if name == s.user.name && (form.get("role") != Some("admin") || form.get("status") == Some("disabled")) {
+    if name == s.user.name
+        && (form.get("role") != Some("admin") || form.get("status") == Some("disabled"))
+    {
         return accounts_page(
             &s,
             StatusCode::BAD_REQUEST,
-            Some(("error", "You cannot demote or disable your own account; ask another admin.".into())),
+            Some((
+                "error",
+                "You cannot demote or disable your own account; ask another admin.".into(),
+            )),
             None,
         )
         .await;
@@ -822,7 +880,15 @@ pub async fn update(s: Session, Path(name): Path<String>, form: FormData) -> Pag
     )
     .await
     {
-        Ok(u) => accounts_page(&s, StatusCode::OK, Some(("ok", format!("Saved '{}'.", u.name))), None).await,
+        Ok(u) => {
+            accounts_page(
+                &s,
+                StatusCode::OK,
+                Some(("ok", format!("Saved '{}'.", u.name))),
+                None,
+            )
+            .await
+        }
         Err(e) if e.status.is_client_error() => {
             accounts_page(&s, e.status, Some(("error", e.message)), None).await
         }
@@ -886,7 +952,9 @@ pub async fn api_create(
     Body(body): Body,
 ) -> Result<Response, AdminError> {
     if !body.is_object() {
-        return Err(AdminError(ApiError::invalid_request("the body must be a JSON object")));
+        return Err(AdminError(ApiError::invalid_request(
+            "the body must be a JSON object",
+        )));
     }
     for k in body.as_object().into_iter().flat_map(|o| o.keys()) {
         if !["name", "role", "team", "password"].contains(&k.as_str()) {
@@ -928,7 +996,9 @@ pub async fn api_update(
     Body(body): Body,
 ) -> Result<Response, AdminError> {
     let Some(obj) = body.as_object() else {
-        return Err(AdminError(ApiError::invalid_request("the body must be a JSON object")));
+        return Err(AdminError(ApiError::invalid_request(
+            "the body must be a JSON object",
+        )));
     };
     for k in obj.keys() {
         if !["role", "team", "status", "password"].contains(&k.as_str()) {
@@ -966,11 +1036,14 @@ pub async fn api_invite(
     Path(name): Path<String>,
 ) -> Result<Response, AdminError> {
     let db = ConsoleDb::of(&app)?;
-    let user = db
-        .user_by_name(&name)
-        .await?
-        .ok_or_else(|| AdminError(ApiError::not_found(format!("no console user named '{name}'"))))?;
-    let token = new_invite(&app, &db, &admin, &user).await.map_err(api_err)?;
+    let user = db.user_by_name(&name).await?.ok_or_else(|| {
+        AdminError(ApiError::not_found(format!(
+            "no console user named '{name}'"
+        )))
+    })?;
+    let token = new_invite(&app, &db, &admin, &user)
+        .await
+        .map_err(api_err)?;
     Ok(Json(json!({
         "name": user.name,
         "invite_path": format!("/console/invite/{token}"),

@@ -23,7 +23,13 @@ pub async fn page(s: Session, Query(q): Query<HashMap<String, String>>) -> PageR
         match q.get(k) {
             None => Ok(None),
             Some(v) => parse_time(v, now)
-                .map(|ms| Some(if k == "until" && v.len() == 10 { ms + DAY } else { ms }))
+                .map(|ms| {
+                    Some(if k == "until" && v.len() == 10 {
+                        ms + DAY
+                    } else {
+                        ms
+                    })
+                })
                 .ok_or_else(|| PageError::bad(format!("{k}: '{v}' is not a date like 2026-01-31"))),
         }
     };

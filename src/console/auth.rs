@@ -20,8 +20,11 @@ pub const FORM_COOKIE: &str = "bursar_form";
 pub const SESSION_TTL_MS: i64 = 12 * 3600 * 1000;
 /// How long an invite link is valid.
 pub const INVITE_TTL_MS: i64 = 7 * 86_400 * 1000;
-/// Failed sign-ins allowed per IP address and per account in the window.
+/// Failed sign-ins allowed per account in the window.
 pub const MAX_FAILURES: usize = 5;
+/// Failed sign-ins allowed per IP address in the window (higher: many
+/// people may share one address behind a NAT or proxy).
+pub const MAX_FAILURES_PER_IP: usize = 20;
 pub const FAILURE_WINDOW_MS: i64 = 15 * 60 * 1000;
 pub const MIN_PASSWORD_CHARS: usize = 10;
 pub const MAX_PASSWORD_BYTES: usize = 256;
@@ -130,8 +133,8 @@ pub fn set_cookie(name: &str, value: &str, max_age_secs: i64, secure: bool) -> S
     )
 }
 
-/// Sign-in rate limiting: at most `MAX_FAILURES` failures per key (an IP
-/// address, an account) in a sliding `FAILURE_WINDOW_MS`. In memory, per
+/// Sign-in rate limiting: at most `MAX_FAILURES` failures per account and
+/// `MAX_FAILURES_PER_IP` per address in a sliding `FAILURE_WINDOW_MS`. In memory, per
 /// process.
 #[derive(Default)]
 pub struct Limiter {
@@ -153,9 +156,14 @@ impl Limiter {
                     .copied()
                     .filter(|t| now - t < FAILURE_WINDOW_MS)
                     .collect();
-                if recent.len() >= MAX_FAILURES {
+                let max = if k.starts_with("ip:") {
+                    MAX_FAILURES_PER_IP
+                } else {
+                    MAX_FAILURES
+                };
+                if recent.len() >= max {
                     // Free again when enough of the recent failures age out.
-                    let idx = recent.len() - MAX_FAILURES;
+                    let idx = recent.len() - max;
                     let until = recent[idx] + FAILURE_WINDOW_MS;
                     let secs = ((until - now) + 999) / 1000;
                     wait = Some(wait.map_or(secs, |w| w.max(secs)));
@@ -175,8 +183,8 @@ impl Limiter {
             v.retain(|t| now - t < FAILURE_WINDOW_MS);
             v.push(now);
             // Never more than the window needs.
-            if v.len() > MAX_FAILURES * 2 {
-                let cut = v.len() - MAX_FAILURES * 2;
+            if v.len() > MAX_FAILURES_PER_IP * 2 {
+                let cut = v.len() - MAX_FAILURES_PER_IP * 2;
                 v.drain(..cut);
             }
         }
@@ -216,9 +224,17 @@ mod tests {
     #[test]
     fn password_policy() {
         assert!(password_problem("short", "a").unwrap().contains("at least"));
-        assert!(password_problem("aaaaaaaaaaaa", "a").unwrap().contains("repetitive"));
+        assert!(
+            password_problem("aaaaaaaaaaaa", "a")
+                .unwrap()
+                .contains("repetitive")
+        );
         assert!(password_problem("alice-the-admin", "Alice-The-Admin").is_some());
-        assert!(password_problem(&"ab1!".repeat(100), "a").unwrap().contains("at most"));
+        assert!(
+            password_problem(&"ab1!".repeat(100), "a")
+                .unwrap()
+                .contains("at most")
+        );
         assert_eq!(password_problem("a fine passphrase", "alice"), None);
     }
 
@@ -252,13 +268,15 @@ mod tests {
         assert_eq!(cookie(&h, "d").as_deref(), Some("4"));
         assert_eq!(cookie(&h, "bursar"), None);
         let c = set_cookie(SESSION_COOKIE, "v", 60, false);
-        assert!(c.contains("HttpOnly") && c.contains("SameSite=Strict") && c.contains("Path=/console"));
+        assert!(
+            c.contains("HttpOnly") && c.contains("SameSite=Strict") && c.contains("Path=/console")
+        );
         assert!(!c.contains("Secure"));
         assert!(set_cookie(SESSION_COOKIE, "v", 60, true).ends_with("; Secure"));
     }
 
     #[test]
-    fn limiter_blocks_after_five_failures_per_ip_and_account() {
+    fn limiter_blocks_an_account_after_five_failures() {
         let l = Limiter::default();
         let now = 1_000_000_000;
         let keys = limiter_keys("10.0.0.1", "Alice");
@@ -268,15 +286,41 @@ mod tests {
         }
         let wait = l.retry_after(&keys, now + 10).unwrap();
         assert!(wait > 14 * 60 && wait <= 15 * 60, "{wait}");
-        // The account is blocked from another address too, and the address for another account.
-        assert!(l.retry_after(&limiter_keys("10.0.0.2", "alice"), now + 10).is_some());
-        assert!(l.retry_after(&limiter_keys("10.0.0.1", "bob"), now + 10).is_some());
-        assert!(l.retry_after(&limiter_keys("10.0.0.2", "bob"), now + 10).is_none());
+        // The account is blocked from any address; the address not yet for others.
+        assert!(
+            l.retry_after(&limiter_keys("10.0.0.2", "alice"), now + 10)
+                .is_some()
+        );
+        assert!(
+            l.retry_after(&limiter_keys("10.0.0.1", "bob"), now + 10)
+                .is_none()
+        );
         // After the window it is free again.
         assert_eq!(l.retry_after(&keys, now + FAILURE_WINDOW_MS + 10), None);
-        // A success clears the account, not the address.
+        // A success clears the account.
         l.succeeded("account:alice");
-        assert!(l.retry_after(&limiter_keys("10.0.0.2", "alice"), now + 10).is_none());
-        assert!(l.retry_after(&limiter_keys("10.0.0.1", "carol"), now + 10).is_some());
+        assert!(
+            l.retry_after(&limiter_keys("10.0.0.2", "alice"), now + 10)
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn limiter_blocks_an_address_trying_many_accounts() {
+        let l = Limiter::default();
+        let now = 1_000_000_000;
+        for i in 0..MAX_FAILURES_PER_IP as i64 {
+            let keys = limiter_keys("10.0.0.9", &format!("user{i}"));
+            assert_eq!(l.retry_after(&keys, now + i), None);
+            l.failed(&keys, now + i);
+        }
+        assert!(
+            l.retry_after(&limiter_keys("10.0.0.9", "fresh"), now + 30)
+                .is_some()
+        );
+        assert!(
+            l.retry_after(&limiter_keys("10.0.0.8", "fresh"), now + 30)
+                .is_none()
+        );
     }
 }

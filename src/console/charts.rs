@@ -4,8 +4,6 @@
 
 use maud::{Markup, html};
 
-use super::html::compact;
-
 const W: f64 = 640.0;
 const H: f64 = 220.0;
 const LEFT: f64 = 52.0;
@@ -89,7 +87,12 @@ pub fn bars(
 ) -> Markup {
     let n = labels.len();
     let totals: Vec<f64> = (0..n)
-        .map(|i| series.iter().map(|s| s.values.get(i).copied().unwrap_or(0.0)).sum())
+        .map(|i| {
+            series
+                .iter()
+                .map(|s| s.values.get(i).copied().unwrap_or(0.0))
+                .sum()
+        })
         .collect();
     let max = nice_max(totals.iter().copied().fold(0.0, f64::max));
     let plot_w = W - LEFT - RIGHT;
@@ -211,6 +214,7 @@ pub fn quantile(sorted: &[i64], q: f64) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::console::html::compact;
 
     #[test]
     fn nice_maxima() {

@@ -22,7 +22,7 @@ fn head(title: &str) -> Markup {
 fn logo() -> Markup {
     html! {
         span.logo aria-hidden="true" {
-            (PreEscaped(r#"<svg viewBox="0 0 24 24" width="22" height="22"><rect x="2" y="6" width="20" height="13" rx="3" fill="currentColor" opacity=".25"/><rect x="2" y="3" width="20" height="13" rx="3" fill="currentColor"/><circle cx="17" cy="9.5" r="2" fill="#fff"/></svg>"#))
+            (PreEscaped(r##"<svg viewBox="0 0 24 24" width="22" height="22"><rect x="2" y="6" width="20" height="13" rx="3" fill="currentColor" opacity=".25"/><rect x="2" y="3" width="20" height="13" rx="3" fill="currentColor"/><circle cx="17" cy="9.5" r="2" fill="#fff"/></svg>"##))
         }
     }
 }
@@ -154,7 +154,7 @@ pub fn notice(kind: &str, text: &str) -> Markup {
 pub fn empty(title: &str, text: &str, action: Option<(&str, &str)>) -> Markup {
     html! {
         div.empty {
-            (PreEscaped(r#"<svg viewBox="0 0 48 48" width="44" height="44" aria-hidden="true"><rect x="6" y="10" width="36" height="28" rx="5" fill="none" stroke="currentColor" stroke-width="2.5"/><path d="M6 18h36" stroke="currentColor" stroke-width="2.5"/><circle cx="13" cy="14" r="1.6" fill="currentColor"/></svg>"#))
+            (PreEscaped(r##"<svg viewBox="0 0 48 48" width="44" height="44" aria-hidden="true"><rect x="6" y="10" width="36" height="28" rx="5" fill="none" stroke="currentColor" stroke-width="2.5"/><path d="M6 18h36" stroke="currentColor" stroke-width="2.5"/><circle cx="13" cy="14" r="1.6" fill="currentColor"/></svg>"##))
             h2 { (title) }
             p { (text) }
             @if let Some((label, href)) = action { a.btn.btn-primary href=(href) { (label) } }
@@ -221,7 +221,7 @@ pub fn thousands(n: i64) -> String {
     let s = n.unsigned_abs().to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -304,7 +304,13 @@ pub fn query(pairs: &[(&str, &str)]) -> String {
 }
 
 /// A labelled text input (with its current value and optional hint).
-pub fn field(label: &str, name: &str, value: &str, hint: Option<&str>, attrs: FieldAttrs) -> Markup {
+pub fn field(
+    label: &str,
+    name: &str,
+    value: &str,
+    hint: Option<&str>,
+    attrs: FieldAttrs,
+) -> Markup {
     let id = format!("f-{name}");
     html! {
         div class=(if attrs.wide { "field wide" } else { "field" }) {
@@ -368,7 +374,13 @@ impl FieldAttrs {
 }
 
 /// A labelled select with (value, label) options.
-pub fn select(label: &str, name: &str, current: &str, options: &[(&str, &str)], hint: Option<&str>) -> Markup {
+pub fn select(
+    label: &str,
+    name: &str,
+    current: &str,
+    options: &[(&str, &str)],
+    hint: Option<&str>,
+) -> Markup {
     let id = format!("f-{name}");
     html! {
         div.field {
@@ -401,7 +413,10 @@ mod tests {
         assert_eq!(ago(None, 0), "never");
         assert_eq!(ago(Some(0), 7_200_000), "2 h ago");
         assert_eq!(url_encode("a b&c=/é"), "a%20b%26c%3D%2F%C3%A9");
-        assert_eq!(query(&[("a", "1"), ("b", ""), ("c", "x y")]), "?a=1&c=x%20y");
+        assert_eq!(
+            query(&[("a", "1"), ("b", ""), ("c", "x y")]),
+            "?a=1&c=x%20y"
+        );
     }
 
     #[test]

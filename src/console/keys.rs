@@ -289,17 +289,29 @@ impl FormValues {
         put("environment", row.environment.clone());
         put("models", Some(spec.models.join(", ")));
         put("ip_allow", Some(spec.ip_allow.join(", ")));
-        put("max_tokens_per_request", spec.max_tokens_per_request.map(|n| n.to_string()));
+        put(
+            "max_tokens_per_request",
+            spec.max_tokens_per_request.map(|n| n.to_string()),
+        );
         put("rpm", spec.rpm.map(|n| n.to_string()));
         put("tpm", spec.tpm.map(|n| n.to_string()));
-        put("max_concurrency", spec.max_concurrency.map(|n| n.to_string()));
+        put(
+            "max_concurrency",
+            spec.max_concurrency.map(|n| n.to_string()),
+        );
         if let Some(b) = &spec.budget {
             put("budget_usd", Some(b.usd.to_string()));
             put("budget_period", Some(b.period.clone()));
         }
         if let Some(g) = &spec.guardrails {
-            put("dlp", g.get("dlp").and_then(Value::as_str).map(str::to_string));
-            put("anomaly", g.get("anomaly").and_then(Value::as_str).map(str::to_string));
+            put(
+                "dlp",
+                g.get("dlp").and_then(Value::as_str).map(str::to_string),
+            );
+            put(
+                "anomaly",
+                g.get("anomaly").and_then(Value::as_str).map(str::to_string),
+            );
         }
         if let Some(m) = &spec.metadata {
             let lines: Vec<String> = m
@@ -345,10 +357,7 @@ fn parse_metadata(s: &str) -> Result<Option<Map<String, Value>>, String> {
             continue;
         }
         let Some((k, v)) = line.split_once('=') else {
-            return Err(format!(
-                "metadata: line {} must look like key=value",
-                i + 1
-            ));
+            return Err(format!("metadata: line {} must look like key=value", i + 1));
         };
         let k = k.trim();
         if k.is_empty() {
@@ -372,7 +381,12 @@ fn expires_at_value(s: &str) -> String {
 
 /// The JSON fields of the key form (only those the form carries; blank ones
 /// as `null` so an edit clears them). `admin` decides which fields count.
-fn form_json(f: &FormValues, raw: &FormData, admin: bool, create: bool) -> Result<Map<String, Value>, String> {
+fn form_json(
+    f: &FormValues,
+    raw: &FormData,
+    admin: bool,
+    create: bool,
+) -> Result<Map<String, Value>, String> {
     let mut m = Map::new();
     let text = |m: &mut Map<String, Value>, k: &str| {
         if raw.has(k) {
@@ -396,13 +410,21 @@ fn form_json(f: &FormValues, raw: &FormData, admin: bool, create: bool) -> Resul
     if raw.has("endpoints_shown") {
         m.insert(
             "endpoints".into(),
-            if f.endpoints.is_empty() { Value::Null } else { json!(f.endpoints) },
+            if f.endpoints.is_empty() {
+                Value::Null
+            } else {
+                json!(f.endpoints)
+            },
         );
     }
     if raw.has("providers_shown") {
         m.insert(
             "providers".into(),
-            if f.providers.is_empty() { Value::Null } else { json!(f.providers) },
+            if f.providers.is_empty() {
+                Value::Null
+            } else {
+                json!(f.providers)
+            },
         );
     }
     for k in ["max_tokens_per_request", "rpm", "tpm", "max_concurrency"] {
@@ -440,7 +462,11 @@ fn form_json(f: &FormValues, raw: &FormData, admin: bool, create: bool) -> Resul
         }
         m.insert(
             "guardrails".into(),
-            if g.is_empty() { Value::Null } else { Value::Object(g) },
+            if g.is_empty() {
+                Value::Null
+            } else {
+                Value::Object(g)
+            },
         );
     }
     if raw.has("metadata") {
@@ -455,7 +481,11 @@ fn form_json(f: &FormValues, raw: &FormData, admin: bool, create: bool) -> Resul
     if admin && raw.has("log_bodies_shown") {
         m.insert(
             "log_bodies".into(),
-            if f.log_bodies { json!(true) } else { Value::Null },
+            if f.log_bodies {
+                json!(true)
+            } else {
+                Value::Null
+            },
         );
     }
     // Expiry: a preset lifetime or a date (edit: blank keeps the current one).
@@ -514,10 +544,18 @@ pub fn within_ceilings(
 ) -> Result<(), String> {
     for (label, o) in levels {
         for (name, ceiling, value) in [
-            ("max_tokens_per_request", o.max_tokens_per_request, &mut fields.max_tokens_per_request),
+            (
+                "max_tokens_per_request",
+                o.max_tokens_per_request,
+                &mut fields.max_tokens_per_request,
+            ),
             ("rpm", o.rpm, &mut fields.rpm),
             ("tpm", o.tpm, &mut fields.tpm),
-            ("max_concurrency", o.max_concurrency, &mut fields.max_concurrency),
+            (
+                "max_concurrency",
+                o.max_concurrency,
+                &mut fields.max_concurrency,
+            ),
         ] {
             if let Some(c) = ceiling {
                 match value {
@@ -550,7 +588,13 @@ pub fn within_ceilings(
     Ok(())
 }
 
-fn checkbox_list(name: &str, legend: &str, options: &[String], checked: &[String], hint: &str) -> Markup {
+fn checkbox_list(
+    name: &str,
+    legend: &str,
+    options: &[String],
+    checked: &[String],
+    hint: &str,
+) -> Markup {
     html! {
         fieldset.field.wide.checks {
             legend { (legend) }
@@ -600,9 +644,9 @@ fn key_fields(s: &Session, v: &FormValues, create: bool, suggestions: &Suggestio
                 }
                 (h::field("Purpose", "purpose", v.get("purpose"), Some("summarization, ci, evaluation…"), FieldAttrs::default()))
                 (h::field("Environment", "environment", v.get("environment"), None, FieldAttrs { list: Some("environments"), placeholder: Some("production"), ..Default::default() }))
-                datalist#environments { option value="production" {} option value="staging" {} option value="development" {} }
-                datalist#user-names { @for u in &suggestions.users { option value=(u) {} } }
-                datalist#team-names { @for t in &suggestions.teams { option value=(t) {} } }
+                datalist id="environments" { option value="production" {} option value="staging" {} option value="development" {} }
+                datalist id="user-names" { @for u in &suggestions.users { option value=(u) {} } }
+                datalist id="team-names" { @for t in &suggestions.teams { option value=(t) {} } }
             }
         }
         fieldset.group {
@@ -656,7 +700,7 @@ fn key_fields(s: &Session, v: &FormValues, create: bool, suggestions: &Suggestio
             legend { "Metadata" }
             div.field.wide {
                 label for="f-metadata" { "Metadata" }
-                textarea#f-metadata name="metadata" rows="3" maxlength="8000" placeholder="cost_center=4711" { (v.get("metadata")) }
+                textarea id="f-metadata" name="metadata" rows="3" maxlength="8000" placeholder="cost_center=4711" { (v.get("metadata")) }
                 small.hint { "One key=value per line." }
             }
         }
@@ -700,7 +744,12 @@ async fn suggestions(s: &Session) -> Result<Suggestions, PageError> {
     Ok(Suggestions { users, teams })
 }
 
-async fn new_page(s: &Session, v: &FormValues, error: Option<&str>, status: StatusCode) -> PageResult {
+async fn new_page(
+    s: &Session,
+    v: &FormValues,
+    error: Option<&str>,
+    status: StatusCode,
+) -> PageResult {
     no_viewers(s)?;
     let sugg = suggestions(s).await?;
     let body = html! {
@@ -726,10 +775,11 @@ pub async fn create(s: Session, form: FormData) -> PageResult {
     s.check_change(&form)?;
     no_viewers(&s)?;
     let values = FormValues::from_form(&form);
-    let fail = |msg: String| async move {
-        new_page(&s, &values, Some(&msg), StatusCode::BAD_REQUEST).await
-    };
-    let mut m = match form_json(&values, &form, s.is_admin(), true) {
+    let s = &s;
+    let values = &values;
+    let fail =
+        |msg: String| async move { new_page(s, values, Some(&msg), StatusCode::BAD_REQUEST).await };
+    let mut m = match form_json(values, &form, s.is_admin(), true) {
         Ok(m) => m,
         Err(e) => return fail(e).await,
     };
@@ -744,7 +794,7 @@ pub async fn create(s: Session, form: FormData) -> PageResult {
         Err(e) => return fail(e.0.message).await,
     };
     if !s.is_admin() {
-        let levels = ceilings(&s).await?;
+        let levels = ceilings(s).await?;
         if let Err(e) = within_ceilings(&mut fields, &levels) {
             return fail(e).await;
         }
@@ -754,7 +804,11 @@ pub async fn create(s: Session, form: FormData) -> PageResult {
         Err(e) if e.0.status.is_client_error() => return fail(e.0.message).await,
         Err(e) => return Err(e.into()),
     };
-    Ok((StatusCode::CREATED, secret_page(&s, &row, &secret, "Key created")).into_response())
+    Ok((
+        StatusCode::CREATED,
+        secret_page(s, &row, &secret, "Key created"),
+    )
+        .into_response())
 }
 
 /// The one page that shows a secret.
@@ -764,7 +818,11 @@ fn secret_page(s: &Session, row: &KeyRow, secret: &str, title: &str) -> Markup {
         .get(axum::http::header::HOST)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("127.0.0.1:8000");
-    let scheme = if super::is_https(&s.headers) { "https" } else { "http" };
+    let scheme = if super::is_https(&s.headers) {
+        "https"
+    } else {
+        "http"
+    };
     let base = format!("{scheme}://{host}");
     let body = html! {
         (h::heading(title, Some(&format!("{} · {}", row.name, row.id)), html! {}))
@@ -774,7 +832,7 @@ fn secret_page(s: &Session, row: &KeyRow, secret: &str, title: &str) -> Markup {
                 "It is shown only this once: bursar stores only its SHA-256 hash and cannot show it again. If you lose it, rotate the key."
             }
             div.secret-row {
-                code#secret.secret data-testid="secret" { (secret) }
+                code.secret id="secret" data-testid="secret" { (secret) }
                 button.btn.btn-primary type="button" data-copy="secret" { "Copy" }
             }
             h2 { "Use it" }
@@ -817,7 +875,9 @@ async fn detail_page(
         })
         .await?;
     let sugg = suggestions(s).await?;
-    let values = edit_values.cloned().unwrap_or_else(|| FormValues::from_row(row));
+    let values = edit_values
+        .cloned()
+        .unwrap_or_else(|| FormValues::from_row(row));
     let dash = |o: Option<String>| o.unwrap_or_else(|| "—".into());
     let guard = spec
         .guardrails
@@ -913,7 +973,7 @@ async fn detail_page(
                 form.inline-form method="post" action={ "/console/keys/" (row.id) "/rotate" } {
                     (csrf(s))
                     label for="grace" { "Old secret valid for" }
-                    select#grace name="grace_seconds" {
+                    select id="grace" name="grace_seconds" {
                         @for (v, l) in GRACE_CHOICES { option value=(v) { (l) } }
                     }
                     button.btn type="submit" { "Rotate secret" }
@@ -934,7 +994,11 @@ async fn detail_page(
     Ok((status, h::page(s, "keys", &row.name, body)).into_response())
 }
 
-pub async fn show(s: Session, Path(id): Path<String>, Query(q): Query<HashMap<String, String>>) -> PageResult {
+pub async fn show(
+    s: Session,
+    Path(id): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> PageResult {
     let row = visible_key(&s, &id).await?;
     let notice = match q.get("done").map(String::as_str) {
         Some("saved") => Some(("ok", "Changes saved.".to_string())),
@@ -951,7 +1015,16 @@ pub async fn edit(s: Session, Path(id): Path<String>, form: FormData) -> PageRes
         let values = values.clone();
         let row = row.clone();
         let s = &s;
-        async move { detail_page(s, &row, Some(("error", msg)), Some(&values), StatusCode::BAD_REQUEST).await }
+        async move {
+            detail_page(
+                s,
+                &row,
+                Some(("error", msg)),
+                Some(&values),
+                StatusCode::BAD_REQUEST,
+            )
+            .await
+        }
     };
     let patch = match form_json(&values, &form, s.is_admin(), false) {
         Ok(p) => p,
@@ -991,7 +1064,10 @@ pub async fn rotate(s: Session, Path(id): Path<String>, form: FormData) -> PageR
             return detail_page(
                 &s,
                 &row,
-                Some(("error", "grace_seconds: must be a whole number from 0 to 2592000 (30 days)".into())),
+                Some((
+                    "error",
+                    "grace_seconds: must be a whole number from 0 to 2592000 (30 days)".into(),
+                )),
                 None,
                 StatusCode::BAD_REQUEST,
             )
@@ -1000,7 +1076,10 @@ pub async fn rotate(s: Session, Path(id): Path<String>, form: FormData) -> PageR
     };
     let (row, secret) = admin::rotate_key_by_id(s.app(), &s.actor(), &row.id, grace).await?;
     let title = if grace > 0 {
-        format!("New secret (old one valid until {} UTC)", h::when(now_ms() + grace * 1000))
+        format!(
+            "New secret (old one valid until {} UTC)",
+            h::when(now_ms() + grace * 1000)
+        )
     } else {
         "New secret".to_string()
     };
@@ -1019,7 +1098,9 @@ mod tests {
     fn member_keys_stay_within_the_team() {
         let levels = vec![(
             "team research".to_string(),
-            owner(json!({"name": "research", "rpm": 100, "budget": {"usd": 50.0, "period": "monthly"}})),
+            owner(
+                json!({"name": "research", "rpm": 100, "budget": {"usd": 50.0, "period": "monthly"}}),
+            ),
         )];
         let mut f = KeyFields {
             name: Some("k".into()),
@@ -1034,14 +1115,28 @@ mod tests {
             rpm: Some(1000),
             ..Default::default()
         };
-        assert!(within_ceilings(&mut wide, &levels).unwrap_err().starts_with("rpm: at most 100"));
+        assert!(
+            within_ceilings(&mut wide, &levels)
+                .unwrap_err()
+                .starts_with("rpm: at most 100")
+        );
         let mut rich = KeyFields {
             name: Some("k".into()),
-            budget: Some(Budget { usd: 80.0, period: "monthly".into() }),
+            budget: Some(Budget {
+                usd: 80.0,
+                period: "monthly".into(),
+            }),
             ..Default::default()
         };
-        assert!(within_ceilings(&mut rich, &levels).unwrap_err().starts_with("budget.usd"));
-        let mut unset = KeyFields { name: Some("k".into()), ..Default::default() };
+        assert!(
+            within_ceilings(&mut rich, &levels)
+                .unwrap_err()
+                .starts_with("budget.usd")
+        );
+        let mut unset = KeyFields {
+            name: Some("k".into()),
+            ..Default::default()
+        };
         within_ceilings(&mut unset, &levels).unwrap();
         assert_eq!(unset.rpm, Some(100));
     }
@@ -1064,21 +1159,38 @@ mod tests {
         let v = FormValues::from_form(&raw);
         let m = form_json(&v, &raw, true, true).unwrap();
         let f: KeyFields = serde_json::from_value(Value::Object(m)).unwrap();
-        assert_eq!(f.models, Some(vec!["gpt-4o-mini".into(), "claude-*".into()]));
+        assert_eq!(
+            f.models,
+            Some(vec!["gpt-4o-mini".into(), "claude-*".into()])
+        );
         assert_eq!(f.endpoints, Some(vec!["chat".into()]));
         assert_eq!(f.rpm, Some(60));
         assert_eq!(f.tpm, None);
         assert_eq!(f.ttl_seconds, Some(86400));
-        assert_eq!(f.budget, Some(Budget { usd: 25.0, period: "daily".into() }));
+        assert_eq!(
+            f.budget,
+            Some(Budget {
+                usd: 25.0,
+                period: "daily".into()
+            })
+        );
         assert_eq!(f.metadata.unwrap().get("team"), Some(&json!("a")));
         // Edits clear blank fields.
         let edit = form_json(&v, &raw, true, false).unwrap();
         assert_eq!(edit.get("tpm"), Some(&Value::Null));
         // Bad input names the field.
         let bad = FormData(vec![("rpm".into(), "lots".into())]);
-        assert!(form_json(&FormValues::from_form(&bad), &bad, true, true).unwrap_err().starts_with("rpm"));
+        assert!(
+            form_json(&FormValues::from_form(&bad), &bad, true, true)
+                .unwrap_err()
+                .starts_with("rpm")
+        );
         let bad = FormData(vec![("metadata".into(), "novalue".into())]);
-        assert!(form_json(&FormValues::from_form(&bad), &bad, true, true).unwrap_err().starts_with("metadata"));
+        assert!(
+            form_json(&FormValues::from_form(&bad), &bad, true, true)
+                .unwrap_err()
+                .starts_with("metadata")
+        );
         assert_eq!(expires_at_value("2027-01-01T10:30"), "2027-01-01T10:30:00Z");
     }
 

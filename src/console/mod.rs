@@ -125,14 +125,20 @@ pub fn admin_routes() -> Router<Arc<App>> {
             "/console-users",
             get(accounts::api_list).post(accounts::api_create),
         )
-        .route("/console-users/{name}", axum::routing::patch(accounts::api_update))
+        .route(
+            "/console-users/{name}",
+            axum::routing::patch(accounts::api_update),
+        )
         .route("/console-users/{name}/invite", post(accounts::api_invite))
 }
 
 async fn security_headers(mut resp: Response) -> Response {
     let h = resp.headers_mut();
     h.insert("content-security-policy", HeaderValue::from_static(CSP));
-    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
     h.insert("x-frame-options", HeaderValue::from_static("DENY"));
     h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
     h.insert(
@@ -158,7 +164,10 @@ async fn home(session: Session) -> Response {
     Redirect::to(to).into_response()
 }
 
-async fn not_found(session: Option<Session>) -> Response {
+async fn not_found(session: Option<Session>, uri: axum::http::Uri) -> Response {
+    if uri.path() == "/" || uri.path() == "/console/" {
+        return Redirect::to("/console").into_response();
+    }
     let err = PageError::not_found("There is no such page.");
     match session {
         Some(s) => err.render_for(&s),
@@ -273,8 +282,15 @@ pub struct ClientIp(pub String);
 impl FromRequestParts<Shared> for ClientIp {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, console: &Shared) -> Result<Self, Self::Rejection> {
-        Ok(ClientIp(client_ip(&parts.extensions, &parts.headers, &console.app)))
+    async fn from_request_parts(
+        parts: &mut Parts,
+        console: &Shared,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(ClientIp(client_ip(
+            &parts.extensions,
+            &parts.headers,
+            &console.app,
+        )))
     }
 }
 
@@ -482,7 +498,9 @@ impl<S: Send + Sync> FromRequest<S> for FormData {
 }
 
 /// Query strings as a map of non-blank values.
-pub fn clean_query(q: std::collections::HashMap<String, String>) -> std::collections::HashMap<String, String> {
+pub fn clean_query(
+    q: std::collections::HashMap<String, String>,
+) -> std::collections::HashMap<String, String> {
     q.into_iter()
         .map(|(k, v)| (k, v.trim().to_string()))
         .filter(|(_, v)| !v.is_empty() && v.len() <= 1000)

@@ -109,19 +109,28 @@ impl Filter {
     /// This page's query with some parameters replaced.
     fn link(&self, path: &str, set: &[(&str, &str)]) -> String {
         let mut pairs: Vec<(&str, &str)> = Vec::new();
-        for k in ["key_id", "user", "team", "model", "provider", "range", "since", "until"] {
+        for k in [
+            "key_id", "user", "team", "model", "provider", "range", "since", "until",
+        ] {
             if set.iter().any(|(sk, _)| *sk == k) {
                 continue;
             }
-            let v = if k == "range" { self.range.as_str() } else { self.get(k) };
+            let v = if k == "range" {
+                self.range.as_str()
+            } else {
+                self.get(k)
+            };
             pairs.push((k, v));
         }
         pairs.extend(set.iter().copied());
         format!("{path}{}", h::query(&pairs))
     }
     fn api_query(&self, extra: &str) -> String {
-        let mut pairs: Vec<(&str, &str)> =
-            self.api.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let mut pairs: Vec<(&str, &str)> = self
+            .api
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
         if !extra.is_empty() {
             pairs.push(("group_by", extra));
         }
@@ -229,7 +238,11 @@ fn group_name(g: &UsageGroup) -> String {
 }
 
 fn share_bar(v: f64, max: f64) -> Markup {
-    let w = if max > 0.0 { (v / max * 100.0).clamp(0.0, 100.0) } else { 0.0 };
+    let w = if max > 0.0 {
+        (v / max * 100.0).clamp(0.0, 100.0)
+    } else {
+        0.0
+    };
     html! {
         svg.bar.share viewBox="0 0 100 6" preserveAspectRatio="none" aria-hidden="true" {
             rect.bar-track x="0" y="0" width="100" height="6" rx="3" {}
@@ -263,7 +276,11 @@ pub async fn page(s: Session, Query(q): Query<HashMap<String, String>>) -> PageR
         None
     };
     // Key names for the tables.
-    by_key.sort_by(|a, b| b.cost_usd.total_cmp(&a.cost_usd).then(b.requests.cmp(&a.requests)));
+    by_key.sort_by(|a, b| {
+        b.cost_usd
+            .total_cmp(&a.cost_usd)
+            .then(b.requests.cmp(&a.requests))
+    });
     let mut names: HashMap<String, String> = HashMap::new();
     let mut ids: Vec<String> = by_key.iter().take(10).map(group_name).collect();
     ids.extend(history.iter().map(|r| r.key_id.clone()));
@@ -275,7 +292,11 @@ pub async fn page(s: Session, Query(q): Query<HashMap<String, String>>) -> PageR
         }
     }
     let mut models = by_model.clone();
-    models.sort_by(|a, b| b.cost_usd.total_cmp(&a.cost_usd).then(b.requests.cmp(&a.requests)));
+    models.sort_by(|a, b| {
+        b.cost_usd
+            .total_cmp(&a.cost_usd)
+            .then(b.requests.cmp(&a.requests))
+    });
     // Filter choices.
     let user_scope = (!s.is_admin() && s.user.role != "viewer").then_some(s.user.name.as_str());
     let model_choices = db.usage_values("model", user_scope).await?;
@@ -299,7 +320,10 @@ pub async fn page(s: Session, Query(q): Query<HashMap<String, String>>) -> PageR
         .unwrap_or(now - DAY);
     let end = f.store.until.unwrap_or(now).min(now.max(start + HOUR));
     let (size, buckets) = bucketize(&samples, start, end);
-    let labels: Vec<String> = buckets.iter().map(|b| bucket_label(b.start, size)).collect();
+    let labels: Vec<String> = buckets
+        .iter()
+        .map(|b| bucket_label(b.start, size))
+        .collect();
     let tips: Vec<String> = buckets
         .iter()
         .map(|b| format!("{} UTC", h::when(b.start)))
@@ -347,7 +371,7 @@ pub async fn page(s: Session, Query(q): Query<HashMap<String, String>>) -> PageR
                 option value="" { "all providers" }
                 @for p in &provider_choices { option value=(p) selected[f.get("provider") == p] { (p) } }
             }
-            select#range name="range" aria-label="Time range" {
+            select id="range" name="range" aria-label="Time range" {
                 @for (k, l) in RANGES { option value=(k) selected[f.range == *k] { (l) } }
             }
             span.custom-range data-show-when-range="custom" {
@@ -474,15 +498,31 @@ pub async fn page(s: Session, Query(q): Query<HashMap<String, String>>) -> PageR
     Ok(h::page(&s, "usage", "Usage", body).into_response())
 }
 
-pub async fn csv(s: Session, Query(q): Query<HashMap<String, String>>) -> Result<Response, PageError> {
+pub async fn csv(
+    s: Session,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, PageError> {
     let mut q = q;
     q.remove("cursor");
     let f = parse_filter(&s, q, CSV_CAP)?;
     let rows = s.app().store.list_usage(&f.store).await?;
     let mut w = csv::Writer::from_writer(Vec::new());
     let cols = [
-        "request_id", "created_at", "key_id", "user", "team", "purpose", "provider", "model",
-        "endpoint", "status", "prompt_tokens", "completion_tokens", "cost_usd", "latency_ms", "flags",
+        "request_id",
+        "created_at",
+        "key_id",
+        "user",
+        "team",
+        "purpose",
+        "provider",
+        "model",
+        "endpoint",
+        "status",
+        "prompt_tokens",
+        "completion_tokens",
+        "cost_usd",
+        "latency_ms",
+        "flags",
     ];
     let write_err = |e: csv::Error| PageError::from(anyhow::anyhow!("csv: {e}"));
     w.write_record(cols).map_err(write_err)?;
@@ -541,7 +581,11 @@ mod tests {
     #[test]
     fn buckets_hourly_for_a_day_daily_for_a_month() {
         let start = 10 * DAY;
-        let samples = vec![smp(start + 10, 100, true), smp(start + HOUR + 5, 300, false), smp(start + HOUR + 6, 200, true)];
+        let samples = vec![
+            smp(start + 10, 100, true),
+            smp(start + HOUR + 5, 300, false),
+            smp(start + HOUR + 6, 200, true),
+        ];
         let (size, b) = bucketize(&samples, start, start + DAY);
         assert_eq!(size, HOUR);
         assert_eq!(b.len(), 25);

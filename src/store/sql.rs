@@ -223,9 +223,15 @@ impl SqlStore {
 
     async fn append_once(&self, entry: &AuditEntry, detail: &str) -> Result<AuditRow> {
         let mut tx = self.begin_write().await?;
-        let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
-            .fetch_optional(&mut *tx)
-            .await?;
+        // On PostgreSQL, lock the head row so concurrent appenders (other
+        // replicas) queue behind each other instead of racing for the same
+        // seq; SQLite's BEGIN IMMEDIATE already serializes writers.
+        let head_sql = if self.is_sqlite {
+            "SELECT seq, hash FROM audit_head WHERE id = 1"
+        } else {
+            "SELECT seq, hash FROM audit_head WHERE id = 1 FOR UPDATE"
+        };
+        let head = sqlx::query(head_sql).fetch_optional(&mut *tx).await?;
         let (prev_seq, prev_hash): (i64, String) = match head {
             Some(r) => (r.try_get("seq")?, r.try_get("hash")?),
             None => (0, GENESIS.to_string()),
