@@ -314,7 +314,7 @@ if [ "$PERF" = 1 ] && [ -n "$BUR_PID" ] && command -v perf >/dev/null; then
   wait "$perf_pid" || true
   # flat self time by symbol, and by thread
   perf report -i "$pd.data" --no-children --sort dso,symbol -g none --stdio 2>/dev/null |
-    grep '%' | cut -c1-200 | head -150 >"$pd-self.txt" || true
+    grep '%' | cut -c1-200 >"$pd-self.txt" || true
   perf report -i "$pd.data" --no-children --sort comm -g none --stdio 2>/dev/null |
     grep '%' >"$pd-threads.txt" || true
 fi

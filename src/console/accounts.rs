@@ -311,6 +311,14 @@ fn with_form_cookie(
         .into_response()
 }
 
+/// The form token of this browser: the one it has, else a new one (so two
+/// open sign-in tabs both work).
+fn form_token(headers: &HeaderMap) -> String {
+    auth::cookie(headers, FORM_COOKIE)
+        .filter(|t| auth::token_shaped(t))
+        .unwrap_or_else(auth::new_token)
+}
+
 fn form_cookie_ok(headers: &HeaderMap, form: &FormData) -> bool {
     let cookie = auth::cookie(headers, FORM_COOKIE).unwrap_or_default();
     auth::same_token(&cookie, form.get("_form").unwrap_or(""))
@@ -325,7 +333,7 @@ pub async fn login_form(
     if session.is_some() {
         return Redirect::to(&next).into_response();
     }
-    let token = auth::new_token();
+    let token = form_token(&headers);
     with_form_cookie(
         StatusCode::OK,
         &headers,
@@ -341,7 +349,7 @@ pub async fn login(
     form: FormData,
 ) -> Response {
     let next = safe_next(form.get("next"));
-    let token = auth::new_token();
+    let token = form_token(&headers);
     let again = |status: StatusCode, name: &str, msg: &str| {
         with_form_cookie(
             status,
@@ -520,7 +528,7 @@ pub async fn invite_form(
     };
     match db.invite_user(&auth::token_hash(&token), now_ms()).await {
         Ok(Some(user)) => {
-            let ft = auth::new_token();
+            let ft = form_token(&headers);
             with_form_cookie(
                 StatusCode::OK,
                 &headers,
@@ -553,7 +561,7 @@ pub async fn invite_accept(
         Ok(None) => return bad_invite(),
         Err(e) => return PageError::from(e).into_response(),
     };
-    let ft = auth::new_token();
+    let ft = form_token(&headers);
     let again = |status, msg: &str| {
         with_form_cookie(
             status,

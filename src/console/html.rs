@@ -11,7 +11,7 @@ fn head(title: &str) -> Markup {
     html! {
         meta charset="utf-8";
         meta name="viewport" content="width=device-width, initial-scale=1";
-        meta name="referrer" content="no-referrer";
+        meta name="referrer" content="same-origin";
         title { (title) " · bursar" }
         link rel="icon" href="/console/assets/favicon.svg" type="image/svg+xml";
         link rel="stylesheet" href={ "/console/assets/app.css?v=" (ASSET_VERSION) };
@@ -210,8 +210,10 @@ pub fn usd(v: f64) -> String {
         "$0.00".into()
     } else if a < 0.01 {
         format!("${v:.6}")
-    } else if a < 100.0 {
+    } else if a < 1.0 {
         format!("${v:.4}")
+    } else if a < 10_000.0 {
+        format!("${v:.2}")
     } else {
         format!("${}", thousands(v.round() as i64))
     }
@@ -403,7 +405,8 @@ mod tests {
     fn formats() {
         assert_eq!(usd(0.0), "$0.00");
         assert_eq!(usd(0.000123), "$0.000123");
-        assert_eq!(usd(1.5), "$1.5000");
+        assert_eq!(usd(0.5), "$0.5000");
+        assert_eq!(usd(25.0), "$25.00");
         assert_eq!(usd(12345.4), "$12,345");
         assert_eq!(thousands(1234567), "1,234,567");
         assert_eq!(thousands(-1000), "-1,000");

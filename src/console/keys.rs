@@ -617,6 +617,9 @@ fn key_fields(s: &Session, v: &FormValues, create: bool, suggestions: &Suggestio
     let admin = s.is_admin();
     let providers: Vec<String> = {
         let mut p: Vec<String> = s.app().registry.providers.keys().cloned().collect();
+        if !p.iter().any(|x| x == "echo") {
+            p.push("echo".into());
+        }
         for extra in &v.providers {
             if !p.contains(extra) {
                 p.push(extra.clone());

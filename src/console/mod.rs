@@ -67,8 +67,8 @@ pub fn router<S: Clone + Send + Sync + 'static>(app: Arc<App>) -> Router<S> {
             None
         }
     };
-    if let Some(db) = db.clone() {
-        tokio::spawn(async move {
+    if let (Some(db), Ok(rt)) = (db.clone(), tokio::runtime::Handle::try_current()) {
+        rt.spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(600));
             loop {
                 tick.tick().await;
@@ -140,7 +140,7 @@ async fn security_headers(mut resp: Response) -> Response {
         HeaderValue::from_static("nosniff"),
     );
     h.insert("x-frame-options", HeaderValue::from_static("DENY"));
-    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    h.insert("referrer-policy", HeaderValue::from_static("same-origin"));
     h.insert(
         "cross-origin-opener-policy",
         HeaderValue::from_static("same-origin"),
@@ -389,8 +389,13 @@ impl FromRequestParts<Shared> for Session {
     async fn from_request_parts(parts: &mut Parts, console: &Shared) -> Result<Self, Response> {
         let refuse = |parts: &Parts| -> Response {
             if parts.method == Method::GET || parts.method == Method::HEAD {
-                let next = parts
-                    .uri
+                // Nested under /console: the original URI has the full path.
+                let uri = parts
+                    .extensions
+                    .get::<axum::extract::OriginalUri>()
+                    .map(|o| o.0.clone())
+                    .unwrap_or_else(|| parts.uri.clone());
+                let next = uri
                     .path_and_query()
                     .map(|p| p.as_str().to_string())
                     .unwrap_or_default();

@@ -207,8 +207,9 @@ fn bucket_label(start: i64, size: i64) -> String {
 fn usd_axis(v: f64) -> String {
     if v == 0.0 {
         "$0".into()
-    } else if v < 0.01 {
-        format!("${v:.4}")
+    } else if v < 1.0 {
+        let s = format!("{v:.4}");
+        format!("${}", s.trim_end_matches('0'))
     } else {
         format!("${}", h::compact(v))
     }
@@ -419,7 +420,7 @@ pub async fn page(s: Session, Query(q): Query<HashMap<String, String>>) -> PageR
                     h2 { "Top keys" }
                     @let max = by_key.first().map(|g| g.cost_usd).unwrap_or(0.0);
                     table.compact {
-                        thead { tr { th { "Key" } th.num { "Requests" } th.num { "Tokens" } th.num { "Cost" } } }
+                        thead { tr { th { "Key" } th.num { "Requests" } th.num.opt { "Tokens" } th.num { "Cost" } } }
                         tbody {
                             @for g in by_key.iter().take(10) {
                                 @let id = group_name(g);
@@ -429,7 +430,7 @@ pub async fn page(s: Session, Query(q): Query<HashMap<String, String>>) -> PageR
                                         (share_bar(g.cost_usd, max))
                                     }
                                     td.num { (h::thousands(g.requests)) }
-                                    td.num { (h::thousands(g.prompt_tokens + g.completion_tokens)) }
+                                    td.num.opt { (h::thousands(g.prompt_tokens + g.completion_tokens)) }
                                     td.num { (h::usd(g.cost_usd)) }
                                 }
                             }
@@ -440,7 +441,7 @@ pub async fn page(s: Session, Query(q): Query<HashMap<String, String>>) -> PageR
                     h2 { "Top models" }
                     @let max = models.first().map(|g| g.cost_usd).unwrap_or(0.0);
                     table.compact {
-                        thead { tr { th { "Model" } th.num { "Requests" } th.num { "Tokens" } th.num { "Cost" } } }
+                        thead { tr { th { "Model" } th.num { "Requests" } th.num.opt { "Tokens" } th.num { "Cost" } } }
                         tbody {
                             @for g in models.iter().take(10) {
                                 @let m = group_name(g);
@@ -450,7 +451,7 @@ pub async fn page(s: Session, Query(q): Query<HashMap<String, String>>) -> PageR
                                         (share_bar(g.cost_usd, max))
                                     }
                                     td.num { (h::thousands(g.requests)) }
-                                    td.num { (h::thousands(g.prompt_tokens + g.completion_tokens)) }
+                                    td.num.opt { (h::thousands(g.prompt_tokens + g.completion_tokens)) }
                                     td.num { (h::usd(g.cost_usd)) }
                                 }
                             }
@@ -601,5 +602,8 @@ mod tests {
         assert!(size >= 7 * DAY && b.len() <= 130, "{size} {}", b.len());
         assert_eq!(bucket_label(start + HOUR, HOUR), "01:00");
         assert_eq!(bucket_label(start, DAY), "01-11");
+        assert_eq!(usd_axis(0.025), "$0.025");
+        assert_eq!(usd_axis(0.0001), "$0.0001");
+        assert_eq!(usd_axis(20.0), "$20");
     }
 }

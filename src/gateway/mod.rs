@@ -125,7 +125,15 @@ impl App {
             created_at: util::now_ms(),
             revoked_at: None,
         };
-        self.store.insert_admin_key(&row).await?;
+        if let Err(e) = self.store.insert_admin_key(&row).await {
+            // Replicas starting together on a fresh database: another one
+            // installed the first admin key a moment ago.
+            if !self.store.admin_keys().await?.is_empty() {
+                self.reload_keys().await?;
+                return Ok(None);
+            }
+            return Err(e);
+        }
         self.audit
             .record(
                 "system",
@@ -235,6 +243,12 @@ pub async fn serve(config: Config) -> Result<()> {
         "bursar is serving"
     );
     eprintln!("bursar: listening on http://{listen}");
+    // Answers go out as soon as they are written (SSE events above all):
+    // without TCP_NODELAY, Nagle's algorithm holds small writes ~40 ms.
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(
         listener,
         router(app.clone()).into_make_service_with_connect_info::<SocketAddr>(),

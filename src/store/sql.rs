@@ -194,6 +194,14 @@ impl SqlStore {
         let is_sqlite = url.starts_with("sqlite:");
         let pool = AnyPoolOptions::new()
             .max_connections(if is_sqlite { 4 } else { 10 })
+            // sqlx waits up to 30 s by default (retrying a refused connection
+            // all along); a database server that is down must fail fast so
+            // the usage writer spools, /readyz answers and shutdown drains.
+            .acquire_timeout(std::time::Duration::from_secs(if is_sqlite {
+                30
+            } else {
+                3
+            }))
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if is_sqlite {
@@ -473,29 +481,46 @@ impl Store for SqlStore {
         let mut tx = self.begin_write().await?;
         let mut spend: std::collections::HashMap<&str, (f64, i64)> =
             std::collections::HashMap::new();
-        let sql = format!(
-            "INSERT INTO usage ({USAGE_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15) ON CONFLICT (request_id) DO NOTHING"
-        );
-        for u in rows {
-            let done = sqlx::query(&sql)
-                .bind(u.request_id.as_str())
-                .bind(u.key_id.as_str())
-                .bind(u.user.as_deref())
-                .bind(u.team.as_deref())
-                .bind(u.purpose.as_deref())
-                .bind(u.provider.as_str())
-                .bind(u.model.as_str())
-                .bind(u.endpoint.as_str())
-                .bind(u.status)
-                .bind(u.prompt_tokens)
-                .bind(u.completion_tokens)
-                .bind(u.cost_usd)
-                .bind(u.latency_ms)
-                .bind(u.created_at)
-                .bind(u.flags.as_deref())
-                .execute(&mut *tx)
-                .await?;
-            if done.rows_affected() > 0 {
+        // Multi-row inserts; RETURNING names the rows that were new, so a
+        // replayed row adds nothing to a key's spend.
+        const COLS: usize = 15;
+        for chunk in rows.chunks(500) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|r| {
+                    let ps: Vec<String> = (1..=COLS).map(|c| format!("${}", r * COLS + c)).collect();
+                    format!("({})", ps.join(","))
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO usage ({USAGE_COLUMNS}) VALUES {} ON CONFLICT (request_id) DO NOTHING RETURNING request_id",
+                values.join(",")
+            );
+            let mut q = sqlx::query(&sql);
+            for u in chunk {
+                q = q
+                    .bind(u.request_id.as_str())
+                    .bind(u.key_id.as_str())
+                    .bind(u.user.as_deref())
+                    .bind(u.team.as_deref())
+                    .bind(u.purpose.as_deref())
+                    .bind(u.provider.as_str())
+                    .bind(u.model.as_str())
+                    .bind(u.endpoint.as_str())
+                    .bind(u.status)
+                    .bind(u.prompt_tokens)
+                    .bind(u.completion_tokens)
+                    .bind(u.cost_usd)
+                    .bind(u.latency_ms)
+                    .bind(u.created_at)
+                    .bind(u.flags.as_deref());
+            }
+            let inserted: std::collections::HashSet<String> = q
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .filter_map(|r| r.try_get::<String, _>("request_id").ok())
+                .collect();
+            for u in chunk.iter().filter(|u| inserted.contains(&u.request_id)) {
                 let e = spend.entry(u.key_id.as_str()).or_insert((0.0, 0));
                 e.0 += u.cost_usd;
                 e.1 = e.1.max(u.created_at);
@@ -856,6 +881,46 @@ const TABLES: &[TableSpec] = &[
         &[("id", Col::I), ("seq", Col::I), ("hash", Col::S)],
         "id",
     ),
+    // The web console's tables (migrations/…_console.sql).
+    (
+        "console_users",
+        &[
+            ("id", Col::S),
+            ("name", Col::S),
+            ("role", Col::S),
+            ("team", Col::S),
+            ("password_hash", Col::S),
+            ("status", Col::S),
+            ("created_at", Col::I),
+            ("updated_at", Col::I),
+            ("last_login_at", Col::I),
+        ],
+        "id",
+    ),
+    (
+        "console_invites",
+        &[
+            ("token_hash", Col::S),
+            ("user_id", Col::S),
+            ("created_at", Col::I),
+            ("expires_at", Col::I),
+            ("used_at", Col::I),
+        ],
+        "token_hash",
+    ),
+    (
+        "console_sessions",
+        &[
+            ("token_hash", Col::S),
+            ("user_id", Col::S),
+            ("csrf", Col::S),
+            ("created_at", Col::I),
+            ("expires_at", Col::I),
+            ("last_seen_at", Col::I),
+            ("ip", Col::S),
+        ],
+        "token_hash",
+    ),
 ];
 
 /// One value read from a row, to be bound again.
@@ -886,8 +951,16 @@ impl SqlStore {
             let names: Vec<&str> = cols.iter().map(|c| c.0).collect();
             let select = format!("SELECT {} FROM {table} ORDER BY {order}", names.join(", "));
             let placeholders: Vec<String> = (1..=cols.len()).map(|i| format!("${i}")).collect();
+            // Rows already in the target are kept, except the audit chain's
+            // head: a re-run after the source grew must move it forward to
+            // the rows just copied, or the target's chain no longer verifies.
+            let on_conflict = if *table == "audit_head" {
+                "ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash WHERE audit_head.seq < excluded.seq"
+            } else {
+                "ON CONFLICT DO NOTHING"
+            };
             let insert = format!(
-                "INSERT INTO {table} ({}) VALUES ({}) ON CONFLICT DO NOTHING",
+                "INSERT INTO {table} ({}) VALUES ({}) {on_conflict}",
                 names.join(", "),
                 placeholders.join(", ")
             );
