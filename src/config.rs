@@ -13,7 +13,110 @@ use serde::{Deserialize, Serialize};
 /// not to the configuration.
 const NOT_CONFIG: &[&str] = &["admin_key", "url", "api_key", "config", "log"];
 
-pub const PROVIDER_KINDS: &[&str] = &["openai", "anthropic", "echo"];
+pub const PROVIDER_KINDS: &[&str] = &[
+    "openai",
+    "anthropic",
+    "cohere",
+    "gemini",
+    "vertex",
+    "huggingface",
+    "azure",
+    "vectara",
+    "echo",
+];
+
+/// A provider entry bursar knows by name: its kind, official base URL and
+/// the environment variables (first non-empty wins) that enable it with no
+/// configuration at all.
+pub struct Builtin {
+    pub name: &'static str,
+    pub kind: &'static str,
+    pub base_url: &'static str,
+    pub key_vars: &'static [&'static str],
+}
+
+pub const BUILTINS: &[Builtin] = &[
+    Builtin {
+        name: "openai",
+        kind: "openai",
+        base_url: "https://api.openai.com/v1",
+        key_vars: &["OPENAI_API_KEY"],
+    },
+    Builtin {
+        name: "anthropic",
+        kind: "anthropic",
+        base_url: "https://api.anthropic.com",
+        key_vars: &["ANTHROPIC_API_KEY"],
+    },
+    Builtin {
+        name: "cohere",
+        kind: "cohere",
+        base_url: "https://api.cohere.com",
+        key_vars: &["CO_API_KEY", "COHERE_API_KEY"],
+    },
+    Builtin {
+        name: "gemini",
+        kind: "gemini",
+        base_url: "https://generativelanguage.googleapis.com",
+        key_vars: &["GEMINI_API_KEY", "GOOGLE_API_KEY"],
+    },
+    Builtin {
+        name: "huggingface",
+        kind: "huggingface",
+        base_url: "https://router.huggingface.co",
+        key_vars: &["HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"],
+    },
+    Builtin {
+        name: "vectara",
+        kind: "vectara",
+        base_url: "https://api.vectara.io",
+        key_vars: &["VECTARA_API_KEY"],
+    },
+    Builtin {
+        name: "vertex",
+        kind: "vertex",
+        base_url: "https://aiplatform.googleapis.com",
+        key_vars: &[],
+    },
+    Builtin {
+        name: "perplexity",
+        kind: "openai",
+        base_url: "https://api.perplexity.ai",
+        key_vars: &["PERPLEXITYAI_API_KEY", "PPLX_API_KEY"],
+    },
+    Builtin {
+        name: "anyscale",
+        kind: "openai",
+        base_url: "https://api.endpoints.anyscale.com/v1",
+        key_vars: &["ANYSCALE_API_KEY"],
+    },
+    Builtin {
+        name: "mistral",
+        kind: "openai",
+        base_url: "https://api.mistral.ai/v1",
+        key_vars: &["MISTRAL_API_KEY"],
+    },
+    Builtin {
+        name: "groq",
+        kind: "openai",
+        base_url: "https://api.groq.com/openai/v1",
+        key_vars: &["GROQ_API_KEY"],
+    },
+];
+
+/// The built-in entry of this name.
+pub fn builtin(name: &str) -> Option<&'static Builtin> {
+    BUILTINS.iter().find(|b| b.name == name)
+}
+
+/// The kind of a provider entry: its `kind`, else the built-in entry's of
+/// that name, else the name itself.
+pub fn kind_of(name: &str, p: &ProviderConfig) -> String {
+    p.kind
+        .clone()
+        .or_else(|| builtin(name).map(|b| b.kind.to_string()))
+        .unwrap_or_else(|| name.to_string())
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -126,9 +229,19 @@ pub struct ProviderConfig {
     pub timeout_seconds: Option<u64>,
     /// Seconds to establish a connection (default 10).
     pub connect_timeout_seconds: Option<u64>,
+    /// Seconds to wait for the upstream's response headers (overrides
+    /// `timeout_seconds` for that wait).
+    pub first_byte_timeout_seconds: Option<u64>,
+    /// Seconds a whole exchange may take, body included (default: none).
+    pub total_timeout_seconds: Option<u64>,
     /// Extra headers sent upstream with every request.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// Vertex AI: the service-account JSON file whose key mints access tokens.
+    pub credentials_file: Option<String>,
+    /// Consecutive 401 answers after which a real key is taken out of
+    /// rotation (default 3).
+    pub max_auth_failures: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -139,6 +252,10 @@ pub struct ModelConfig {
     pub model: Option<String>,
     pub input_per_mtok: Option<f64>,
     pub output_per_mtok: Option<f64>,
+    /// Models (client-facing names) tried in order when this one's provider
+    /// fails with 429/5xx or cannot be reached.
+    #[serde(default)]
+    pub fallbacks: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -184,14 +301,10 @@ fn default_queue() -> usize {
     100_000
 }
 
-/// Default base URLs and the environment variables that enable a provider in
-/// zero-config mode.
-pub fn builtin_provider(kind: &str) -> Option<(&'static str, &'static str)> {
-    match kind {
-        "openai" => Some(("https://api.openai.com/v1", "OPENAI_API_KEY")),
-        "anthropic" => Some(("https://api.anthropic.com", "ANTHROPIC_API_KEY")),
-        _ => None,
-    }
+/// Default base URL and the first environment variable that enables a
+/// built-in provider in zero-config mode.
+pub fn builtin_provider(name: &str) -> Option<(&'static str, &'static str)> {
+    builtin(name).map(|b| (b.base_url, b.key_vars.first().copied().unwrap_or("")))
 }
 
 /// Replace `${VAR}` with the environment's value (empty when unset).
@@ -261,19 +374,37 @@ impl Config {
             .map_err(|e| anyhow::anyhow!("config: {e}"))?;
         let explicit_providers = !config.providers.is_empty();
         if !explicit_providers {
-            for kind in ["openai", "anthropic"] {
-                if let Some((_, var)) = builtin_provider(kind)
-                    && let Ok(key) = std::env::var(var)
-                    && !key.is_empty()
+            for b in BUILTINS {
+                if let Some(key) = b
+                    .key_vars
+                    .iter()
+                    .find_map(|v| std::env::var(v).ok().filter(|k| !k.is_empty()))
                 {
                     config.providers.insert(
-                        kind.to_string(),
+                        b.name.to_string(),
                         ProviderConfig {
                             api_key: Some(key),
                             ..Default::default()
                         },
                     );
                 }
+            }
+            // Azure OpenAI: the resource endpoint is the SDK's own variable.
+            if let (Ok(key), Ok(endpoint)) = (
+                std::env::var("AZURE_OPENAI_API_KEY"),
+                std::env::var("AZURE_OPENAI_ENDPOINT"),
+            ) && !key.is_empty()
+                && !endpoint.is_empty()
+            {
+                config.providers.insert(
+                    "azure".to_string(),
+                    ProviderConfig {
+                        kind: Some("azure".into()),
+                        base_url: Some(endpoint),
+                        api_key: Some(key),
+                        ..Default::default()
+                    },
+                );
             }
         }
         let _ = from_file;
@@ -338,11 +469,27 @@ impl Config {
                     "config: providers.{name}: '{name}' is a reserved path and cannot name a provider"
                 );
             }
-            let kind = p.kind.clone().unwrap_or_else(|| name.clone());
+            let kind = kind_of(name, p);
             if !PROVIDER_KINDS.contains(&kind.as_str()) || kind == "echo" {
                 bail!(
-                    "config: providers.{name}.kind: unknown kind '{kind}' (supported: openai, anthropic; an OpenAI-compatible upstream uses kind = \"openai\")"
+                    "config: providers.{name}.kind: unknown kind '{kind}' (supported: {}; an OpenAI-compatible upstream uses kind = \"openai\")",
+                    PROVIDER_KINDS[..PROVIDER_KINDS.len() - 1].join(", ")
                 );
+            }
+            if kind == "vertex" && p.credentials_file.as_deref().is_none_or(str::is_empty) {
+                bail!(
+                    "config: providers.{name}.credentials_file: a vertex provider needs the service-account JSON file"
+                );
+            }
+            for (field, v) in [
+                ("timeout_seconds", p.timeout_seconds),
+                ("connect_timeout_seconds", p.connect_timeout_seconds),
+                ("first_byte_timeout_seconds", p.first_byte_timeout_seconds),
+                ("total_timeout_seconds", p.total_timeout_seconds),
+            ] {
+                if v == Some(0) {
+                    bail!("config: providers.{name}.{field}: must be at least 1");
+                }
             }
             let base = self.base_url(name, p);
             match base {
@@ -362,7 +509,24 @@ impl Config {
             }
         }
         let mut seen = std::collections::HashSet::new();
+        let names: std::collections::HashSet<&str> =
+            self.models.iter().map(|m| m.name.as_str()).collect();
         for (i, m) in self.models.iter().enumerate() {
+            for (j, f) in m.fallbacks.iter().enumerate() {
+                if f == &m.name {
+                    bail!("config: models[{i}].fallbacks[{j}]: a model cannot fall back to itself");
+                }
+                let routable = f == "echo"
+                    || names.contains(f.as_str())
+                    || f.split_once('/')
+                        .is_some_and(|(p, _)| self.providers.contains_key(p))
+                    || !self.providers.is_empty();
+                if !routable {
+                    bail!(
+                        "config: models[{i}].fallbacks[{j}]: '{f}' is not a model any configured provider serves"
+                    );
+                }
+            }
             if m.name.is_empty() {
                 bail!("config: models[{i}].name: must not be empty");
             }
@@ -414,14 +578,15 @@ impl Config {
 
     /// The effective base URL of a provider entry.
     pub fn base_url(&self, name: &str, p: &ProviderConfig) -> Option<String> {
-        let kind = p.kind.clone().unwrap_or_else(|| name.to_string());
-        // Only the built-in entries (named after their kind) have a default URL.
+        let kind = kind_of(name, p);
+        // Only the built-in entries (by name, of their own kind) have a default URL.
         p.base_url
             .clone()
+            .filter(|u| !u.is_empty())
             .or_else(|| {
-                (kind == name)
-                    .then(|| builtin_provider(&kind).map(|(u, _)| u.to_string()))
-                    .flatten()
+                builtin(name)
+                    .filter(|b| b.kind == kind)
+                    .map(|b| b.base_url.to_string())
             })
             .map(|u| u.trim_end_matches('/').to_string())
     }
@@ -479,6 +644,7 @@ mod tests {
             model: None,
             input_per_mtok: None,
             output_per_mtok: None,
+            fallbacks: vec![],
         });
         assert!(
             c.validate()
@@ -500,5 +666,57 @@ mod tests {
                 .to_string()
                 .contains("providers.onprem.base_url")
         );
+        let mut c = base();
+        c.providers.insert(
+            "vx".into(),
+            ProviderConfig {
+                kind: Some("vertex".into()),
+                base_url: Some("https://x.example".into()),
+                ..Default::default()
+            },
+        );
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("providers.vx.credentials_file")
+        );
+    }
+
+    #[test]
+    fn builtin_entries_know_their_kind_and_url() {
+        let c = base();
+        let p = ProviderConfig::default();
+        for (name, kind, url) in [
+            ("perplexity", "openai", "https://api.perplexity.ai"),
+            (
+                "anyscale",
+                "openai",
+                "https://api.endpoints.anyscale.com/v1",
+            ),
+            ("mistral", "openai", "https://api.mistral.ai/v1"),
+            ("groq", "openai", "https://api.groq.com/openai/v1"),
+            ("cohere", "cohere", "https://api.cohere.com"),
+            (
+                "gemini",
+                "gemini",
+                "https://generativelanguage.googleapis.com",
+            ),
+            (
+                "huggingface",
+                "huggingface",
+                "https://router.huggingface.co",
+            ),
+        ] {
+            assert_eq!(kind_of(name, &p), kind, "{name}");
+            assert_eq!(c.base_url(name, &p).as_deref(), Some(url), "{name}");
+        }
+        // A differently-kinded entry of a built-in name gets no default URL.
+        let anth = ProviderConfig {
+            kind: Some("anthropic".into()),
+            ..Default::default()
+        };
+        assert_eq!(c.base_url("mistral", &anth), None);
+        assert_eq!(kind_of("onprem", &p), "onprem");
     }
 }

@@ -1,4 +1,6 @@
-//! A fast, faithful mock of the OpenAI and Anthropic HTTP APIs.
+//! A fast, faithful mock of the OpenAI and Anthropic HTTP APIs, and of
+//! Cohere, Gemini / Vertex AI, Azure OpenAI, Hugging Face and Vectara
+//! (see `native.rs`).
 //!
 //! Used by bursar's Rust integration tests, its Python-SDK tests and its load
 //! benchmark. Every request is recorded (method, path, query, headers, body) in
@@ -321,6 +323,9 @@ async fn handle(State(state): State<MockState>, req: Request) -> Response {
             .collect(),
         body: body.clone(),
     });
+    if let Some(n) = native::classify(&parts.method, path) {
+        return native::handle_native(&state, n, &parts.headers, parts.uri.query(), &body).await;
+    }
     dispatch(&state, &parts.method, path, &parts.headers, &body).await
 }
 
@@ -374,6 +379,21 @@ async fn dispatch(
     let Some(credential) = credential(headers, flavor) else {
         return unauthorized(flavor);
     };
+    // Failover tests: a credential can carry a failure to provoke.
+    for (marker, status) in [
+        ("mock-fail-401", StatusCode::UNAUTHORIZED),
+        ("mock-fail-429", StatusCode::TOO_MANY_REQUESTS),
+        ("mock-fail-500", StatusCode::INTERNAL_SERVER_ERROR),
+    ] {
+        if credential.contains(marker) {
+            let extra: &[(&'static str, &str)] = if status == StatusCode::TOO_MANY_REQUESTS {
+                &[("retry-after", "1")]
+            } else {
+                &[]
+            };
+            return error_response(flavor, status, &format!("{marker} (mock)"), extra);
+        }
+    }
 
     match endpoint {
         Endpoint::Models => return models_list(flavor),
@@ -1262,6 +1282,8 @@ fn messages(ctx: Ctx<'_>) -> Response {
     push("message_stop", json!({}));
     sse_response(Flavor::Anthropic, ctx.id, events, ctx.slow())
 }
+
+mod native;
 
 #[cfg(test)]
 mod tests;

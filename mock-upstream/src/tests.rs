@@ -2,6 +2,7 @@ use super::*;
 use std::time::Instant;
 
 fn client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder().build().unwrap()
 }
 

@@ -44,15 +44,43 @@ pub struct WhoamiArgs {
     format: Format,
 }
 
-/// The variables every supported SDK reads for its base URL and key.
+/// The variables every supported SDK reads for its base URL and key (as
+/// read by the SDKs' own source): `openai` OPENAI_BASE_URL/OPENAI_API_KEY;
+/// `openai.AzureOpenAI` AZURE_OPENAI_ENDPOINT/AZURE_OPENAI_API_KEY;
+/// `anthropic` ANTHROPIC_BASE_URL/ANTHROPIC_API_KEY; `cohere` CO_API_URL/
+/// CO_API_KEY; `google-genai` GOOGLE_GEMINI_BASE_URL (and
+/// GOOGLE_VERTEX_BASE_URL)/GEMINI_API_KEY; `huggingface_hub` HF_TOKEN (its
+/// InferenceClient takes the gateway as `base_url=`; HF_ENDPOINT would move
+/// Hub downloads too, so it is not set); `mistralai` MISTRAL_API_KEY (the
+/// server is `server_url=`, exported as MISTRAL_SERVER_URL for scripts).
 pub fn variables(base: &str, key: &str) -> Vec<(&'static str, String)> {
+    let k = || key.to_string();
     vec![
         ("BURSAR_URL", base.to_string()),
-        ("BURSAR_API_KEY", key.to_string()),
+        ("BURSAR_API_KEY", k()),
         ("OPENAI_BASE_URL", format!("{base}/v1")),
-        ("OPENAI_API_KEY", key.to_string()),
+        ("OPENAI_API_KEY", k()),
         ("ANTHROPIC_BASE_URL", format!("{base}/anthropic")),
-        ("ANTHROPIC_API_KEY", key.to_string()),
+        ("ANTHROPIC_API_KEY", k()),
+        ("AZURE_OPENAI_ENDPOINT", format!("{base}/azure")),
+        ("AZURE_OPENAI_API_KEY", k()),
+        ("CO_API_URL", format!("{base}/cohere")),
+        ("CO_API_KEY", k()),
+        ("GOOGLE_GEMINI_BASE_URL", format!("{base}/gemini")),
+        ("GEMINI_API_KEY", k()),
+        ("GOOGLE_API_KEY", k()),
+        ("GOOGLE_VERTEX_BASE_URL", format!("{base}/vertex")),
+        ("HF_TOKEN", k()),
+        ("HF_INFERENCE_ENDPOINT", format!("{base}/huggingface")),
+        ("MISTRAL_API_KEY", k()),
+        ("MISTRAL_SERVER_URL", format!("{base}/mistral")),
+        ("PERPLEXITY_BASE_URL", format!("{base}/perplexity")),
+        ("PERPLEXITYAI_API_KEY", k()),
+        ("PPLX_API_KEY", k()),
+        ("GROQ_BASE_URL", format!("{base}/groq")),
+        ("GROQ_API_KEY", k()),
+        ("VECTARA_BASE_URL", format!("{base}/vectara")),
+        ("VECTARA_API_KEY", k()),
     ]
 }
 
@@ -164,5 +192,15 @@ mod tests {
         );
         assert!(render(&vars, ShellKind::Powershell).contains("$env:OPENAI_API_KEY = 'bsr_x''y'"));
         assert!(render(&vars, ShellKind::Dotenv).contains("OPENAI_BASE_URL=http://h:1/v1\n"));
+        let d = render(&vars, ShellKind::Dotenv);
+        for line in [
+            "CO_API_URL=http://h:1/cohere\n",
+            "GOOGLE_GEMINI_BASE_URL=http://h:1/gemini\n",
+            "AZURE_OPENAI_ENDPOINT=http://h:1/azure\n",
+            "HF_TOKEN=bsr_x'y\n",
+            "MISTRAL_API_KEY=bsr_x'y\n",
+        ] {
+            assert!(d.contains(line), "{line}");
+        }
     }
 }

@@ -10,6 +10,29 @@ use serde_json::json;
 pub enum Shape {
     OpenAi,
     Anthropic,
+    /// Cohere: `{"message": ...}` (plus bursar's `type`).
+    Cohere,
+    /// Google (Gemini API, Vertex AI): `{"error": {"code", "message", "status"}}`.
+    Google,
+    /// Vectara: `{"messages": [...]}` (plus bursar's `type`).
+    Vectara,
+}
+
+/// Google's canonical status name for an HTTP status.
+fn google_status(code: u16) -> &'static str {
+    match code {
+        400 | 413 => "INVALID_ARGUMENT",
+        401 => "UNAUTHENTICATED",
+        403 => "PERMISSION_DENIED",
+        404 => "NOT_FOUND",
+        409 => "ABORTED",
+        429 => "RESOURCE_EXHAUSTED",
+        499 => "CANCELLED",
+        501 => "UNIMPLEMENTED",
+        502 | 503 => "UNAVAILABLE",
+        504 => "DEADLINE_EXCEEDED",
+        _ => "INTERNAL",
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -91,11 +114,33 @@ impl ApiError {
                 "type": "error",
                 "error": {"type": self.kind, "message": self.message}
             }),
+            Shape::Cohere => json!({"message": self.message, "type": self.kind}),
+            Shape::Google => json!({
+                "error": {
+                    "code": self.status.as_u16(),
+                    "message": self.message,
+                    "status": google_status(self.status.as_u16()),
+                    "type": self.kind,
+                    "details": [{
+                        "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                        "reason": self.kind,
+                        "domain": "bursar"
+                    }]
+                }
+            }),
+            Shape::Vectara => json!({"messages": [self.message], "type": self.kind}),
         };
-        if let Some(up) = &self.upstream
-            && let Some(e) = v.get_mut("error").and_then(|e| e.as_object_mut())
-        {
-            e.insert("upstream".into(), up.clone());
+        if let Some(up) = &self.upstream {
+            match v.get_mut("error").and_then(|e| e.as_object_mut()) {
+                Some(e) => {
+                    e.insert("upstream".into(), up.clone());
+                }
+                None => {
+                    if let Some(o) = v.as_object_mut() {
+                        o.insert("upstream".into(), up.clone());
+                    }
+                }
+            }
         }
         v
     }
@@ -108,5 +153,29 @@ impl ApiError {
             resp.headers_mut().insert("retry-after", v);
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_shape_carries_a_stable_type() {
+        let e = ApiError::invalid_key("nope");
+        assert_eq!(e.body(Shape::OpenAi)["error"]["type"], "invalid_api_key");
+        assert_eq!(e.body(Shape::Anthropic)["error"]["type"], "invalid_api_key");
+        assert_eq!(e.body(Shape::Cohere)["type"], "invalid_api_key");
+        assert_eq!(e.body(Shape::Cohere)["message"], "nope");
+        let g = e.body(Shape::Google);
+        assert_eq!(g["error"]["code"], 401);
+        assert_eq!(g["error"]["status"], "UNAUTHENTICATED");
+        assert_eq!(g["error"]["type"], "invalid_api_key");
+        assert_eq!(g["error"]["details"][0]["reason"], "invalid_api_key");
+        assert_eq!(
+            ApiError::budget_exceeded("x").body(Shape::Google)["error"]["status"],
+            "RESOURCE_EXHAUSTED"
+        );
+        assert_eq!(e.body(Shape::Vectara)["messages"][0], "nope");
     }
 }

@@ -133,14 +133,14 @@ pub struct MeteredSse {
 impl MeteredSse {
     pub fn new(
         inner: ByteStream,
-        hide_usage_chunk: bool,
+        tap: SseTap,
         app: Arc<App>,
         meter: Meter,
         status: u16,
     ) -> MeteredSse {
         MeteredSse {
             inner,
-            tap: SseTap::new(hide_usage_chunk),
+            tap,
             app,
             meter: Some(meter),
             status,

@@ -23,8 +23,8 @@ use super::meter::{Meter, MeteredSse, ScrubbedStream};
 use super::surface::{self, Surface};
 use crate::keys;
 use crate::providers::echo::{self, EchoShape};
-use crate::providers::sse::Usage;
-use crate::providers::{Kind, Provider, Route};
+use crate::providers::sse::{SseTap, Usage};
+use crate::providers::{KeyOutcome, Kind, Provider, Route};
 
 /// Largest non-streamed upstream answer that is buffered to read its usage.
 const MAX_BUFFERED_ANSWER: usize = 64 * 1024 * 1024;
@@ -39,6 +39,15 @@ struct Facts {
     max_completion_tokens: Option<u64>,
     max_output_tokens: Option<u64>,
     stream_options: Option<StreamOptions>,
+    /// Gemini / Vertex AI: `generationConfig.maxOutputTokens`.
+    #[serde(rename = "generationConfig", alias = "generation_config")]
+    generation_config: Option<GenerationConfig>,
+}
+
+#[derive(Deserialize, Default)]
+struct GenerationConfig {
+    #[serde(rename = "maxOutputTokens", alias = "max_output_tokens")]
+    max_output_tokens: Option<u64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -52,6 +61,10 @@ impl Facts {
         self.max_tokens
             .or(self.max_completion_tokens)
             .or(self.max_output_tokens)
+            .or(self
+                .generation_config
+                .as_ref()
+                .and_then(|g| g.max_output_tokens))
     }
 }
 
@@ -212,7 +225,11 @@ fn check_scope(key: &CachedKey, ip: IpAddr, endpoint: &str) -> Result<(), ApiErr
         )));
     }
     let scope = surface::scope_name(endpoint);
+    // Counting tokens belongs to `messages` (Anthropic) and to `chat` (Gemini).
+    let counts_as_chat =
+        endpoint == "count_tokens" && key.spec.endpoints.iter().any(|e| e == "chat");
     if endpoint != "models"
+        && !counts_as_chat
         && !key.spec.endpoints.is_empty()
         && !key.spec.endpoints.iter().any(|e| e == scope)
     {
@@ -253,7 +270,8 @@ async fn serve(
     meter: &mut Option<Meter>,
 ) -> Result<Response, ApiError> {
     let (parts, body) = req.into_parts();
-    let endpoint = surface::endpoint_of(&surface.rest);
+    let path_facts = surface::path_facts(surface.kind, &surface.rest);
+    let endpoint = path_facts.endpoint;
     if let Some(m) = meter.as_mut() {
         m.row.endpoint = endpoint.to_string();
         m.row.provider = surface.native.clone().unwrap_or_default();
@@ -287,7 +305,8 @@ async fn serve(
     } else {
         Facts::default()
     };
-    let model = facts.model.clone();
+    // Gemini, Vertex AI, Azure and Hugging Face name the model in the path.
+    let model = path_facts.model.clone().or_else(|| facts.model.clone());
     // A key limited to some models may only make requests whose model
     // bursar can read (not, e.g., a multipart upload naming its own model).
     if model.is_none() && !key.spec.models.is_empty() && endpoint != "models" {
@@ -369,20 +388,43 @@ async fn serve(
             provider,
             upstream_model,
         } => {
-            let rewrite = Rewrite {
-                model: (model.is_some() && upstream_model != model_name).then_some(upstream_model),
-                include_usage: provider.kind == Kind::OpenAi
-                    && facts.stream
+            // The model asked for first, then its configured fallbacks the
+            // key may use, served by providers that speak this surface's shape.
+            let mut attempts = vec![Attempt {
+                provider: provider.clone(),
+                model: model_name.clone(),
+                upstream_model: upstream_model.clone(),
+                price,
+            }];
+            for f in app.registry.fallbacks(&model_name) {
+                if let Some(Route::Upstream {
+                    provider: fp,
+                    upstream_model: fu,
+                }) = app.registry.route(f)
+                    && (surface.native.is_none() || fp.kind == provider.kind)
+                    && may_use(key, &fp.name, f)
+                {
+                    attempts.push(Attempt {
+                        provider: fp,
+                        model: f.clone(),
+                        upstream_model: fu,
+                        price: app.prices.price(f, ""),
+                    });
+                }
+            }
+            let plan = Plan {
+                body_model: facts.model.clone(),
+                path_model: path_facts.model.is_some(),
+                include_usage: facts.stream
                     && matches!(endpoint, "chat" | "completions")
                     && !facts
                         .stream_options
                         .as_ref()
                         .is_some_and(|s| s.include_usage),
-                default_max_tokens: default_max_tokens
-                    .map(|n| (n, max_tokens_field(provider.kind, endpoint))),
+                default_max_tokens,
             };
             forward(
-                app, surface, &provider, key, parts, body, endpoint, rewrite, meter,
+                app, surface, key, parts, body, endpoint, &attempts, plan, meter,
             )
             .await
         }
@@ -391,10 +433,49 @@ async fn serve(
     Ok(resp)
 }
 
+/// One provider and model to try.
+struct Attempt {
+    provider: Arc<Provider>,
+    /// The client-facing model name (usage rows, pricing).
+    model: String,
+    upstream_model: String,
+    price: Option<crate::usage::prices::Price>,
+}
+
+/// What the request needs whatever provider serves it.
+struct Plan {
+    /// The model named in the body, if any.
+    body_model: Option<String>,
+    /// The model is named in the path (Gemini, Azure, …): never rewritten.
+    path_model: bool,
+    /// The client streams chat/completions without asking for usage.
+    include_usage: bool,
+    default_max_tokens: Option<u64>,
+}
+
+impl Plan {
+    fn rewrite(&self, attempt: &Attempt, endpoint: &str) -> Rewrite {
+        let kind = attempt.provider.kind;
+        Rewrite {
+            model: (!self.path_model
+                && self
+                    .body_model
+                    .as_deref()
+                    .is_some_and(|m| m != attempt.upstream_model))
+            .then(|| attempt.upstream_model.clone()),
+            include_usage: self.include_usage && kind.is_openai_shaped(),
+            default_max_tokens: self
+                .default_max_tokens
+                .map(|n| (n, max_tokens_field(kind, endpoint))),
+        }
+    }
+}
+
 fn max_tokens_field(kind: Kind, endpoint: &str) -> &'static str {
     match (kind, endpoint) {
         (_, "responses") => "max_output_tokens",
-        (Kind::OpenAi, "chat") => "max_completion_tokens",
+        (Kind::Gemini | Kind::Vertex, _) => "generationConfig.maxOutputTokens",
+        (Kind::OpenAi | Kind::Azure, "chat") => "max_completion_tokens",
         _ => "max_tokens",
     }
 }
@@ -417,6 +498,12 @@ fn serve_echo(
     let shape = match surface.shape {
         Shape::OpenAi => EchoShape::OpenAi,
         Shape::Anthropic => EchoShape::Anthropic,
+        _ => {
+            return Err(ApiError::not_found(format!(
+                "the echo model does not serve /{}",
+                surface.rest
+            )));
+        }
     };
     let answer = echo::respond(shape, endpoint, model, &json);
     // Counting tokens is free, as at Anthropic.
@@ -484,7 +571,17 @@ impl Rewrite {
             }
         }
         if let Some((n, field)) = self.default_max_tokens {
-            obj.insert(field.into(), json!(n));
+            match field.split_once('.') {
+                Some((outer, inner)) => {
+                    let o = obj.entry(outer).or_insert_with(|| json!({}));
+                    if let Some(o) = o.as_object_mut() {
+                        o.insert(inner.into(), json!(n));
+                    }
+                }
+                None => {
+                    obj.insert(field.into(), json!(n));
+                }
+            }
         }
         serde_json::to_vec(&v)
             .map(Bytes::from)
@@ -492,51 +589,62 @@ impl Rewrite {
     }
 }
 
+/// How one try at an upstream ended.
+enum Tried {
+    Answer(reqwest::Response),
+    Failed(ApiError),
+}
+
+/// Whether a failed try may be repeated on another key or a fallback.
+fn retryable(t: &Tried) -> bool {
+    match t {
+        Tried::Answer(r) => {
+            let s = r.status();
+            s == StatusCode::TOO_MANY_REQUESTS
+                || s.is_server_error()
+                || s == StatusCode::UNAUTHORIZED
+        }
+        Tried::Failed(e) => e.kind == "upstream_error",
+    }
+}
+
+/// Send one request to one provider with one real key.
 #[allow(clippy::too_many_arguments)]
-async fn forward(
+async fn try_once(
     app: &Arc<App>,
     surface: &Surface,
     provider: &Arc<Provider>,
-    key: &CachedKey,
-    parts: axum::http::request::Parts,
+    key: Option<&str>,
+    parts: &axum::http::request::Parts,
     body: Bytes,
-    endpoint: &'static str,
-    rewrite: Rewrite,
-    meter: &mut Option<Meter>,
-) -> Result<Response, ApiError> {
-    let body = if rewrite.needed() {
-        rewrite.apply(&body)?
-    } else {
-        body
-    };
+) -> Tried {
     let query = surface::strip_key_param(parts.uri.query());
     let url = provider.url(&surface.rest, query.as_deref());
     let headers = surface::upstream_request_headers(&parts.headers);
     let has_version = headers.contains_key("anthropic-version");
-    let rb = provider
+    let mut rb = provider
         .client
         .request(parts.method.clone(), &url)
         .headers(headers)
         .body(body);
-    let rb = provider.authorize(rb, has_version);
+    if let Some(total) = provider.total_timeout {
+        rb = rb.timeout(total);
+    }
+    let rb = provider.authorize(rb, key, has_version);
     let sent = tokio::time::timeout(provider.first_byte_timeout, rb.send()).await;
-    let upstream = match sent {
-        Err(_) => {
-            return Err(ApiError::upstream_timeout(format!(
-                "the provider '{}' did not answer within {} s",
-                provider.name,
-                provider.first_byte_timeout.as_secs()
-            )));
-        }
-        Ok(Err(e)) if e.is_timeout() => {
-            return Err(ApiError::upstream_timeout(format!(
-                "the provider '{}' timed out",
-                provider.name
-            )));
-        }
+    match sent {
+        Err(_) => Tried::Failed(ApiError::upstream_timeout(format!(
+            "the provider '{}' did not answer within {} s",
+            provider.name,
+            provider.first_byte_timeout.as_secs()
+        ))),
+        Ok(Err(e)) if e.is_timeout() => Tried::Failed(ApiError::upstream_timeout(format!(
+            "the provider '{}' timed out",
+            provider.name
+        ))),
         Ok(Err(e)) => {
             tracing::warn!(provider = %provider.name, error = %app.registry.scrubber.scrub_str(&e.to_string()), "upstream request failed");
-            return Err(ApiError::upstream_error(format!(
+            Tried::Failed(ApiError::upstream_error(format!(
                 "could not reach the provider '{}'{}",
                 provider.name,
                 if e.is_connect() {
@@ -544,26 +652,168 @@ async fn forward(
                 } else {
                     ""
                 }
-            )));
+            )))
         }
-        Ok(Ok(r)) => r,
+        Ok(Ok(r)) => Tried::Answer(r),
+    }
+}
+
+/// Note what an answer said about the real key it used; a key that keeps
+/// failing with 401 leaves the rotation, with an audit event and a log line
+/// naming the provider and the key's position (never the key).
+fn note_key(app: &Arc<App>, provider: &Provider, index: usize, tried: &Tried) {
+    let Tried::Answer(r) = tried else {
+        return;
+    };
+    if r.status() == StatusCode::UNAUTHORIZED {
+        if provider.report(index, KeyOutcome::Unauthorized) {
+            tracing::warn!(
+                provider = %provider.name,
+                key_index = index,
+                "a provider key failed with 401 repeatedly and was taken out of rotation"
+            );
+            app.audit.event(
+                "system",
+                "provider.key_disabled",
+                Some(&provider.name),
+                None,
+                json!({
+                    "provider": provider.name,
+                    "key_index": index,
+                    "reason": "repeated 401 from the upstream",
+                    "consecutive_failures": provider.max_auth_failures,
+                }),
+            );
+        }
+    } else {
+        provider.report(index, KeyOutcome::Ok);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    app: &Arc<App>,
+    surface: &Surface,
+    key: &CachedKey,
+    parts: axum::http::request::Parts,
+    body: Bytes,
+    endpoint: &'static str,
+    attempts: &[Attempt],
+    plan: Plan,
+    meter: &mut Option<Meter>,
+) -> Result<Response, ApiError> {
+    let mut last: Option<(Tried, usize, bool)> = None;
+    'attempts: for (ai, attempt) in attempts.iter().enumerate() {
+        let provider = &attempt.provider;
+        let rewrite = plan.rewrite(attempt, endpoint);
+        let body = if rewrite.needed() {
+            rewrite.apply(&body)?
+        } else {
+            body.clone()
+        };
+        if ai > 0 {
+            tracing::info!(provider = %provider.name, model = %attempt.model, "falling back");
+            if let Some(m) = meter.as_mut() {
+                m.row.provider = provider.name.clone();
+                m.row.model = attempt.model.clone();
+                m.price = attempt.price;
+            }
+        }
+        let mut exclude = None;
+        for try_no in 0..2 {
+            let (index, secret) = if let Some(v) = &provider.vertex {
+                match v.token().await {
+                    Ok(t) => (None, Some(t)),
+                    Err(e) => {
+                        tracing::warn!(provider = %provider.name, error = %e, "minting a Vertex AI access token failed");
+                        last = Some((
+                            Tried::Failed(ApiError::upstream_error(format!(
+                                "could not get an access token for the provider '{}'",
+                                provider.name
+                            ))),
+                            ai,
+                            rewrite.include_usage,
+                        ));
+                        continue 'attempts;
+                    }
+                }
+            } else {
+                match provider.pick_key(exclude) {
+                    Some(k) => (Some(k.index), Some(k.secret)),
+                    None if provider.key_count() == 0 => (None, None),
+                    None if try_no == 0 => {
+                        last = Some((
+                            Tried::Failed(ApiError::upstream_error(format!(
+                                "every key of the provider '{}' was refused (401) and is out of rotation",
+                                provider.name
+                            ))),
+                            ai,
+                            rewrite.include_usage,
+                        ));
+                        continue 'attempts;
+                    }
+                    // No other key to retry on.
+                    None => continue 'attempts,
+                }
+            };
+            let tried = try_once(
+                app,
+                surface,
+                provider,
+                secret.as_deref(),
+                &parts,
+                body.clone(),
+            )
+            .await;
+            if let Some(i) = index {
+                note_key(app, provider, i, &tried);
+            }
+            let again = retryable(&tried);
+            last = Some((tried, ai, rewrite.include_usage));
+            if !again {
+                break 'attempts;
+            }
+            match index {
+                Some(i) if provider.key_count() > 1 => exclude = Some(i),
+                _ => continue 'attempts,
+            }
+        }
+    }
+    let Some((tried, ai, include_usage)) = last else {
+        return Err(ApiError::upstream_error("no provider could be tried"));
+    };
+    let provider = &attempts[ai].provider;
+    let upstream = match tried {
+        Tried::Failed(e) => return Err(e),
+        Tried::Answer(r) => r,
     };
 
     let status = upstream.status();
     let mut headers = surface::client_response_headers(app, upstream.headers());
-    let is_sse = upstream
+    let content_type = upstream
         .headers()
         .get("content-type")
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("text/event-stream"));
+        .unwrap_or("");
+    let tap = if content_type.starts_with("text/event-stream") {
+        Some(SseTap::new(include_usage))
+    } else if content_type.starts_with("application/stream+json")
+        || content_type.starts_with("application/x-ndjson")
+    {
+        Some(SseTap::json_lines())
+    } else {
+        None
+    };
 
-    if is_sse && status.is_success() {
+    if let Some(tap) = tap
+        && status.is_success()
+    {
         let Some(m) = meter.take() else {
             return Err(ApiError::internal("meter already settled"));
         };
         let stream = MeteredSse::new(
             upstream.bytes_stream().boxed(),
-            rewrite.include_usage,
+            tap,
             app.clone(),
             m,
             status.as_u16(),
@@ -623,11 +873,17 @@ async fn forward(
         if endpoint == "models" && surface.native.is_some() {
             raw = filter_model_list(raw, |m| may_use(key, &provider.name, m));
         }
-        if surface::is_metered(endpoint)
-            && let Ok(v) = serde_json::from_slice::<Value>(&raw)
-            && let Some(u) = Usage::from_json(&v)
-        {
-            usage = u;
+        if surface::is_metered(endpoint) {
+            match serde_json::from_slice::<Value>(&raw)
+                .ok()
+                .as_ref()
+                .and_then(Usage::from_json)
+            {
+                Some(u) => usage = u,
+                // Answers without usage (Gemini and Hugging Face embeddings):
+                // the request's text, counted.
+                None => usage.prompt = prompt_tokens_of(&body),
+            }
         }
     }
     let cost = match meter.take() {
@@ -643,6 +899,37 @@ async fn forward(
     Ok(resp)
 }
 
+/// Tokens of the text a request body carries (every string but names,
+/// roles and options), for answers that report no usage.
+fn prompt_tokens_of(body: &Bytes) -> u64 {
+    fn collect(v: &Value, out: &mut String) {
+        match v {
+            Value::String(s) => {
+                out.push_str(s);
+                out.push(' ');
+            }
+            Value::Array(a) => a.iter().for_each(|x| collect(x, out)),
+            Value::Object(o) => {
+                for (k, x) in o {
+                    if !matches!(
+                        k.as_str(),
+                        "model" | "role" | "taskType" | "task_type" | "encoding_format" | "title"
+                    ) {
+                        collect(x, out);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        return (body.len() / 4) as u64;
+    };
+    let mut text = String::new();
+    collect(&v, &mut text);
+    crate::providers::tokens::count(text.trim_end())
+}
+
 async fn read_bounded(resp: reqwest::Response, limit: usize) -> Result<Bytes, String> {
     let mut out = bytes::BytesMut::new();
     let mut stream = resp.bytes_stream();
@@ -656,13 +943,22 @@ async fn read_bounded(resp: reqwest::Response, limit: usize) -> Result<Bytes, St
     Ok(out.freeze())
 }
 
-/// Keep only the models a key may use in a provider's model list.
+/// Keep only the models a key may use in a provider's model list (OpenAI's
+/// `data[].id`, Gemini's `models[].name` = `models/ID`, Cohere's `models[].name`).
 fn filter_model_list(raw: Bytes, allowed: impl Fn(&str) -> bool) -> Bytes {
     let Ok(mut v) = serde_json::from_slice::<Value>(&raw) else {
         return raw;
     };
     if let Some(data) = v.get_mut("data").and_then(Value::as_array_mut) {
         data.retain(|m| m.get("id").and_then(Value::as_str).is_some_and(&allowed));
+    }
+    if let Some(models) = v.get_mut("models").and_then(Value::as_array_mut) {
+        models.retain(|m| {
+            m.get("name")
+                .and_then(Value::as_str)
+                .map(|n| n.strip_prefix("models/").unwrap_or(n))
+                .is_some_and(&allowed)
+        });
     }
     serde_json::to_vec(&v).map(Bytes::from).unwrap_or(raw)
 }
@@ -675,10 +971,10 @@ fn models_listing(
     shape: Shape,
 ) -> Result<Response, ApiError> {
     let entry = |id: &str, owner: &str| match shape {
-        Shape::OpenAi => json!({"id": id, "object": "model", "created": 0, "owned_by": owner}),
         Shape::Anthropic => {
             json!({"type": "model", "id": id, "display_name": id, "created_at": "1970-01-01T00:00:00Z"})
         }
+        _ => json!({"id": id, "object": "model", "created": 0, "owned_by": owner}),
     };
     let allowed: Vec<(String, String)> = app
         .registry
@@ -695,13 +991,13 @@ fn models_listing(
     }
     let data: Vec<Value> = allowed.iter().map(|(m, p)| entry(m, p)).collect();
     let body = match shape {
-        Shape::OpenAi => json!({"object": "list", "data": data}),
         Shape::Anthropic => json!({
             "data": data,
             "has_more": false,
             "first_id": allowed.first().map(|m| m.0.clone()),
             "last_id": allowed.last().map(|m| m.0.clone()),
         }),
+        _ => json!({"object": "list", "data": data}),
     };
     Ok(axum::Json(body).into_response())
 }

@@ -15,8 +15,141 @@ use crate::providers::Kind;
 pub struct Surface {
     pub shape: Shape,
     pub native: Option<String>,
+    /// The native provider's kind (`None` on the OpenAI surface).
+    pub kind: Option<Kind>,
     /// The path after the surface prefix, e.g. `v1/chat/completions`.
     pub rest: String,
+}
+
+/// What a request's path says: the endpoint's scope name, and for kinds
+/// that name the model in the path (Gemini, Vertex AI, Azure deployments,
+/// Hugging Face models) the model and whether it streams.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PathFacts {
+    pub endpoint: &'static str,
+    pub model: Option<String>,
+    pub stream: bool,
+}
+
+impl PathFacts {
+    fn of(endpoint: &'static str) -> PathFacts {
+        PathFacts {
+            endpoint,
+            model: None,
+            stream: false,
+        }
+    }
+}
+
+/// The shape a kind's errors and listings take.
+pub fn shape_of(kind: Kind) -> Shape {
+    match kind {
+        Kind::Anthropic => Shape::Anthropic,
+        Kind::OpenAi | Kind::Azure | Kind::HuggingFace => Shape::OpenAi,
+        Kind::Cohere => Shape::Cohere,
+        Kind::Gemini | Kind::Vertex => Shape::Google,
+        Kind::Vectara => Shape::Vectara,
+    }
+}
+
+/// `…/models/{model}:{method}` (Gemini API, Vertex AI) → (model, method).
+fn google_model_method(rest: &str) -> Option<(&str, &str)> {
+    let i = rest.rfind("models/")?;
+    let tail = &rest[i + "models/".len()..];
+    let (model, method) = tail.split_once(':')?;
+    (!model.is_empty() && !model.contains('/')).then_some((model, method))
+}
+
+/// The facts a native path gives for a provider of `kind`.
+pub fn path_facts(kind: Option<Kind>, rest: &str) -> PathFacts {
+    let Some(kind) = kind else {
+        return PathFacts::of(endpoint_of(rest));
+    };
+    match kind {
+        Kind::OpenAi | Kind::Anthropic => PathFacts::of(endpoint_of(rest)),
+        Kind::Cohere => {
+            let p = rest
+                .strip_prefix("v1/")
+                .or_else(|| rest.strip_prefix("v2/"))
+                .unwrap_or(rest);
+            PathFacts::of(match p.split('/').next().unwrap_or("") {
+                "chat" => "chat",
+                "generate" => "completions",
+                "embed" => "embeddings",
+                "rerank" => "rerank",
+                "models" => "models",
+                _ => "other",
+            })
+        }
+        Kind::Gemini | Kind::Vertex => match google_model_method(rest) {
+            Some((model, method)) => PathFacts {
+                endpoint: match method {
+                    "generateContent" | "streamGenerateContent" => "chat",
+                    "countTokens" => "count_tokens",
+                    "embedContent" | "batchEmbedContents" => "embeddings",
+                    _ => "other",
+                },
+                model: Some(model.to_string()),
+                stream: method == "streamGenerateContent",
+            },
+            None if rest.ends_with("/models") || rest.contains("/models/") => {
+                PathFacts::of("models")
+            }
+            None => PathFacts::of("other"),
+        },
+        Kind::Azure => {
+            // openai/deployments/{deployment}/chat/completions
+            if let Some(tail) = rest.strip_prefix("openai/deployments/")
+                && let Some((deployment, path)) = tail.split_once('/')
+            {
+                return PathFacts {
+                    endpoint: endpoint_of(path),
+                    model: Some(deployment.to_string()),
+                    stream: false,
+                };
+            }
+            PathFacts::of(endpoint_of(rest.strip_prefix("openai/").unwrap_or(rest)))
+        }
+        Kind::HuggingFace => {
+            // {provider}/models/{org/model}/pipeline/{task} or models/{org/model}
+            if let Some(i) = rest.find("models/")
+                && (i == 0 || rest[..i].ends_with('/'))
+                && !rest[..i].contains("v1/")
+            {
+                let tail = &rest[i + "models/".len()..];
+                let (model, task) = match tail.split_once("/pipeline/") {
+                    Some((m, t)) => (m, Some(t)),
+                    None => (tail, None),
+                };
+                let endpoint = match task {
+                    Some("feature-extraction") | Some("sentence-similarity") => "embeddings",
+                    _ => "inference",
+                };
+                return PathFacts {
+                    endpoint,
+                    model: (!model.is_empty()).then(|| model.trim_end_matches('/').to_string()),
+                    stream: false,
+                };
+            }
+            // v1/chat/completions or {provider}/v1/chat/completions
+            let p = match rest.find("v1/") {
+                Some(i) => &rest[i..],
+                None => rest,
+            };
+            PathFacts::of(endpoint_of(p))
+        }
+        Kind::Vectara => {
+            let p = rest.strip_prefix("v2/").unwrap_or(rest);
+            let segs: Vec<&str> = p.split('/').collect();
+            PathFacts::of(match segs.as_slice() {
+                ["query"] => "query",
+                ["corpora", _, "query"] => "query",
+                ["chats"] | ["chats", _, "turns"] => "chat",
+                ["corpora", ..] => "corpora",
+                _ => "other",
+            })
+        }
+    }
 }
 
 impl Surface {
@@ -27,6 +160,7 @@ impl Surface {
             return Some(Surface {
                 shape: Shape::OpenAi,
                 native: None,
+                kind: None,
                 rest: trimmed.to_string(),
             });
         }
@@ -40,11 +174,9 @@ impl Surface {
             },
         };
         Some(Surface {
-            shape: match kind {
-                Kind::Anthropic => Shape::Anthropic,
-                Kind::OpenAi => Shape::OpenAi,
-            },
+            shape: shape_of(kind),
             native: Some(first.to_string()),
+            kind: Some(kind),
             rest: rest.to_string(),
         })
     }
@@ -79,7 +211,7 @@ pub fn endpoint_of(rest: &str) -> &'static str {
 }
 
 /// The scope name an endpoint is authorized under (counting tokens is part of
-/// `messages`).
+/// `messages`; a key with `chat` may count tokens too, see `proxy`).
 pub fn scope_name(endpoint: &str) -> &str {
     match endpoint {
         "count_tokens" => "messages",
@@ -91,7 +223,7 @@ pub fn scope_name(endpoint: &str) -> &str {
 pub fn is_metered(endpoint: &str) -> bool {
     matches!(
         endpoint,
-        "chat" | "completions" | "embeddings" | "responses" | "messages"
+        "chat" | "completions" | "embeddings" | "responses" | "messages" | "rerank"
     )
 }
 
@@ -311,5 +443,87 @@ mod tests {
             echo_endpoint("v1/messages/count_tokens"),
             Some("count_tokens")
         );
+    }
+
+    #[test]
+    fn native_paths_name_endpoint_and_model() {
+        let f = path_facts(Some(Kind::Cohere), "v2/chat");
+        assert_eq!((f.endpoint, f.model), ("chat", None));
+        assert_eq!(
+            path_facts(Some(Kind::Cohere), "v1/embed").endpoint,
+            "embeddings"
+        );
+        assert_eq!(
+            path_facts(Some(Kind::Cohere), "v1/rerank").endpoint,
+            "rerank"
+        );
+        let f = path_facts(
+            Some(Kind::Gemini),
+            "v1beta/models/gemini-2.5-flash:streamGenerateContent",
+        );
+        assert_eq!(
+            f,
+            PathFacts {
+                endpoint: "chat",
+                model: Some("gemini-2.5-flash".into()),
+                stream: true
+            }
+        );
+        let f = path_facts(Some(Kind::Gemini), "v1/models/m:countTokens");
+        assert_eq!(
+            (f.endpoint, f.model.as_deref()),
+            ("count_tokens", Some("m"))
+        );
+        assert_eq!(
+            path_facts(Some(Kind::Gemini), "v1beta/models/m:batchEmbedContents").endpoint,
+            "embeddings"
+        );
+        assert_eq!(
+            path_facts(Some(Kind::Gemini), "v1beta/models").endpoint,
+            "models"
+        );
+        let f = path_facts(
+            Some(Kind::Vertex),
+            "v1/projects/p/locations/us-central1/publishers/google/models/gemini-2.5-pro:generateContent",
+        );
+        assert_eq!(f.model.as_deref(), Some("gemini-2.5-pro"));
+        let f = path_facts(
+            Some(Kind::Azure),
+            "openai/deployments/gpt-4o-mini/chat/completions",
+        );
+        assert_eq!(
+            (f.endpoint, f.model.as_deref()),
+            ("chat", Some("gpt-4o-mini"))
+        );
+        let f = path_facts(
+            Some(Kind::HuggingFace),
+            "hf-inference/models/BAAI/bge-small-en-v1.5/pipeline/feature-extraction",
+        );
+        assert_eq!(
+            (f.endpoint, f.model.as_deref()),
+            ("embeddings", Some("BAAI/bge-small-en-v1.5"))
+        );
+        let f = path_facts(Some(Kind::HuggingFace), "models/gpt2");
+        assert_eq!(
+            (f.endpoint, f.model.as_deref()),
+            ("inference", Some("gpt2"))
+        );
+        assert_eq!(
+            path_facts(Some(Kind::HuggingFace), "v1/chat/completions").endpoint,
+            "chat"
+        );
+        assert_eq!(
+            path_facts(Some(Kind::HuggingFace), "together/v1/chat/completions").endpoint,
+            "chat"
+        );
+        assert_eq!(
+            path_facts(Some(Kind::Vectara), "v2/query").endpoint,
+            "query"
+        );
+        assert_eq!(
+            path_facts(Some(Kind::Vectara), "v2/corpora/abc/query").endpoint,
+            "query"
+        );
+        assert_eq!(path_facts(Some(Kind::Vectara), "v2/chats").endpoint, "chat");
     }
 }

@@ -4,10 +4,11 @@
 pub mod echo;
 pub mod sse;
 pub mod tokens;
+pub mod vertex;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -20,6 +21,12 @@ use crate::config::Config;
 pub enum Kind {
     OpenAi,
     Anthropic,
+    Cohere,
+    Gemini,
+    Vertex,
+    HuggingFace,
+    Azure,
+    Vectara,
 }
 
 impl Kind {
@@ -27,6 +34,12 @@ impl Kind {
         match s {
             "openai" => Some(Kind::OpenAi),
             "anthropic" => Some(Kind::Anthropic),
+            "cohere" => Some(Kind::Cohere),
+            "gemini" => Some(Kind::Gemini),
+            "vertex" => Some(Kind::Vertex),
+            "huggingface" => Some(Kind::HuggingFace),
+            "azure" => Some(Kind::Azure),
+            "vectara" => Some(Kind::Vectara),
             _ => None,
         }
     }
@@ -34,8 +47,49 @@ impl Kind {
         match self {
             Kind::OpenAi => "openai",
             Kind::Anthropic => "anthropic",
+            Kind::Cohere => "cohere",
+            Kind::Gemini => "gemini",
+            Kind::Vertex => "vertex",
+            Kind::HuggingFace => "huggingface",
+            Kind::Azure => "azure",
+            Kind::Vectara => "vectara",
         }
     }
+    /// Whether the kind speaks OpenAI's chat/completions shape.
+    pub fn is_openai_shaped(self) -> bool {
+        matches!(self, Kind::OpenAi | Kind::Azure | Kind::HuggingFace)
+    }
+}
+
+/// How long a key taken out of rotation after repeated 401s rests before it
+/// is tried again (one probe request).
+const KEY_REST_MS: u64 = 5 * 60 * 1000;
+
+/// One real key and its health.
+struct KeySlot {
+    secret: String,
+    /// Tick of its last use (least recently used is chosen next).
+    last_used: AtomicU64,
+    /// Consecutive 401 answers.
+    auth_failures: AtomicU32,
+    /// Out of rotation until this time (epoch ms); 0 when in rotation.
+    disabled_until: AtomicU64,
+}
+
+/// The real key chosen for one attempt.
+#[derive(Clone, Debug)]
+pub struct KeyChoice {
+    pub index: usize,
+    pub secret: String,
+}
+
+/// What an attempt's answer says about the key it used.
+pub enum KeyOutcome {
+    /// Any answer other than 401.
+    Ok,
+    /// 401: counts toward taking the key out of rotation. Answers `true`
+    /// when this failure took it out.
+    Unauthorized,
 }
 
 /// One configured provider entry with its pooled client.
@@ -43,12 +97,18 @@ pub struct Provider {
     pub name: String,
     pub kind: Kind,
     pub base_url: String,
-    keys: Vec<String>,
-    next_key: AtomicUsize,
+    keys: Vec<KeySlot>,
+    tick: AtomicU64,
     pub client: reqwest::Client,
     pub extra_headers: Vec<(HeaderName, HeaderValue)>,
     /// Longest wait for the upstream's response headers.
     pub first_byte_timeout: Duration,
+    /// Longest a whole exchange (body included) may take.
+    pub total_timeout: Option<Duration>,
+    /// Consecutive 401s after which a key leaves the rotation.
+    pub max_auth_failures: u32,
+    /// Vertex AI: the service account that mints access tokens.
+    pub vertex: Option<vertex::TokenSource>,
 }
 
 impl Provider {
@@ -58,24 +118,75 @@ impl Provider {
         join_url(&self.base_url, path, query)
     }
 
-    /// The next real key, round robin; `None` for a keyless upstream.
-    pub fn next_key(&self) -> Option<&str> {
-        if self.keys.is_empty() {
-            return None;
-        }
-        let i = self.next_key.fetch_add(1, Ordering::Relaxed) % self.keys.len();
-        self.keys.get(i).map(String::as_str)
+    pub fn key_count(&self) -> usize {
+        self.keys.len()
     }
 
-    /// Set the provider's own credential on an upstream request.
+    /// The least recently used key that is in rotation, other than `exclude`;
+    /// `None` for a keyless upstream or when no other key is usable.
+    pub fn pick_key(&self, exclude: Option<usize>) -> Option<KeyChoice> {
+        let now = crate::util::now_ms().max(0) as u64;
+        let best = self
+            .keys
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| Some(*i) != exclude)
+            .filter(|(_, k)| k.disabled_until.load(Ordering::Relaxed) <= now)
+            .min_by_key(|(_, k)| k.last_used.load(Ordering::Relaxed))?;
+        let tick = self.tick.fetch_add(1, Ordering::Relaxed) + 1;
+        best.1.last_used.store(tick, Ordering::Relaxed);
+        Some(KeyChoice {
+            index: best.0,
+            secret: best.1.secret.clone(),
+        })
+    }
+
+    /// Whether every key is out of rotation (a keyless upstream never is).
+    pub fn all_keys_disabled(&self) -> bool {
+        let now = crate::util::now_ms().max(0) as u64;
+        !self.keys.is_empty()
+            && self
+                .keys
+                .iter()
+                .all(|k| k.disabled_until.load(Ordering::Relaxed) > now)
+    }
+
+    /// Record what an answer said about a key; answers `true` when this
+    /// took the key out of rotation.
+    pub fn report(&self, index: usize, outcome: KeyOutcome) -> bool {
+        let Some(k) = self.keys.get(index) else {
+            return false;
+        };
+        match outcome {
+            KeyOutcome::Ok => {
+                k.auth_failures.store(0, Ordering::Relaxed);
+                k.disabled_until.store(0, Ordering::Relaxed);
+                false
+            }
+            KeyOutcome::Unauthorized => {
+                let n = k.auth_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                if n >= self.max_auth_failures {
+                    let until = crate::util::now_ms().max(0) as u64 + KEY_REST_MS;
+                    k.disabled_until.store(until, Ordering::Relaxed);
+                    k.auth_failures.store(0, Ordering::Relaxed);
+                    true
+                } else {
+                    false
+                }
+            }
+        }
+    }
+
+    /// Set the provider's own credential on an upstream request: the chosen
+    /// key (or, for Vertex AI, a minted access token) in the kind's header.
     pub fn authorize(
         &self,
         mut rb: reqwest::RequestBuilder,
+        key: Option<&str>,
         has_anthropic_version: bool,
     ) -> reqwest::RequestBuilder {
-        let key = self.next_key();
         match self.kind {
-            Kind::OpenAi => {
+            Kind::OpenAi | Kind::HuggingFace | Kind::Cohere | Kind::Vertex => {
                 if let Some(k) = key {
                     rb = rb.bearer_auth(k);
                 }
@@ -86,6 +197,21 @@ impl Provider {
                 }
                 if !has_anthropic_version {
                     rb = rb.header("anthropic-version", "2023-06-01");
+                }
+            }
+            Kind::Gemini => {
+                if let Some(k) = key {
+                    rb = rb.header("x-goog-api-key", k);
+                }
+            }
+            Kind::Azure => {
+                if let Some(k) = key {
+                    rb = rb.header("api-key", k);
+                }
+            }
+            Kind::Vectara => {
+                if let Some(k) = key {
+                    rb = rb.header("x-api-key", k);
                 }
             }
         }
@@ -131,6 +257,8 @@ pub struct Registry {
     pub providers: HashMap<String, Arc<Provider>>,
     /// `[[models]]` aliases: name → (provider entry, upstream model).
     aliases: HashMap<String, (String, String)>,
+    /// `[[models]]` fallbacks: name → models tried in order.
+    fallbacks: HashMap<String, Vec<String>>,
     /// Every configured real key, for scrubbing.
     pub scrubber: Scrubber,
 }
@@ -140,7 +268,7 @@ impl Registry {
         let mut providers = HashMap::new();
         let mut secrets = Vec::new();
         for (name, p) in &config.providers {
-            let kind_name = p.kind.clone().unwrap_or_else(|| name.clone());
+            let kind_name = crate::config::kind_of(name, p);
             let kind = Kind::parse(&kind_name).with_context(|| format!("providers.{name}.kind"))?;
             let base_url = config
                 .base_url(name, p)
@@ -154,13 +282,27 @@ impl Registry {
             if let Some(k) = p.api_key.as_ref().filter(|k| !k.is_empty()) {
                 keys.insert(0, k.clone());
             }
-            if keys.is_empty() && config::builtin_provider_needs_key(&kind_name, p) {
+            keys.dedup();
+            if keys.is_empty()
+                && kind != Kind::Vertex
+                && config::builtin_provider_needs_key(name, p)
+            {
                 tracing::warn!(provider = %name, "provider has no API key; upstream calls will be unauthenticated");
             }
             secrets.extend(keys.iter().cloned());
+            let vertex = match (kind, p.credentials_file.as_deref()) {
+                (Kind::Vertex, Some(path)) => {
+                    let src = vertex::TokenSource::from_file(path)
+                        .with_context(|| format!("providers.{name}.credentials_file"))?;
+                    secrets.push(src.private_key_pem().to_string());
+                    Some(src)
+                }
+                _ => None,
+            };
+            let read_timeout = p.timeout_seconds.unwrap_or(600);
             let client = reqwest::Client::builder()
                 .connect_timeout(Duration::from_secs(p.connect_timeout_seconds.unwrap_or(10)))
-                .read_timeout(Duration::from_secs(p.timeout_seconds.unwrap_or(600)))
+                .read_timeout(Duration::from_secs(read_timeout))
                 .pool_idle_timeout(Duration::from_secs(90))
                 .pool_max_idle_per_host(256)
                 .tcp_nodelay(true)
@@ -182,11 +324,24 @@ impl Registry {
                     name: name.clone(),
                     kind,
                     base_url,
-                    keys,
-                    next_key: AtomicUsize::new(0),
+                    keys: keys
+                        .into_iter()
+                        .map(|secret| KeySlot {
+                            secret,
+                            last_used: AtomicU64::new(0),
+                            auth_failures: AtomicU32::new(0),
+                            disabled_until: AtomicU64::new(0),
+                        })
+                        .collect(),
+                    tick: AtomicU64::new(0),
                     client,
                     extra_headers,
-                    first_byte_timeout: Duration::from_secs(p.timeout_seconds.unwrap_or(600)),
+                    first_byte_timeout: Duration::from_secs(
+                        p.first_byte_timeout_seconds.unwrap_or(read_timeout),
+                    ),
+                    total_timeout: p.total_timeout_seconds.map(Duration::from_secs),
+                    max_auth_failures: p.max_auth_failures.unwrap_or(3).max(1),
+                    vertex,
                 }),
             );
         }
@@ -203,9 +358,16 @@ impl Registry {
                 )
             })
             .collect();
+        let fallbacks = config
+            .models
+            .iter()
+            .filter(|m| !m.fallbacks.is_empty())
+            .map(|m| (m.name.clone(), m.fallbacks.clone()))
+            .collect();
         Ok(Registry {
             providers,
             aliases,
+            fallbacks,
             scrubber: Scrubber::new(secrets),
         })
     }
@@ -261,6 +423,17 @@ impl Registry {
                 upstream_model: rest.to_string(),
             });
         }
+        // A model the price table lists under an OpenAI-compatible entry
+        // (`sonar` → perplexity, `mistral-large` → mistral) goes there.
+        if let Some(entry) = crate::usage::prices::provider_of(model)
+            && let Some(p) = self.providers.get(entry)
+            && p.kind == Kind::OpenAi
+        {
+            return Some(Route::Upstream {
+                provider: p.clone(),
+                upstream_model: model.to_string(),
+            });
+        }
         let p = if model.starts_with("claude") {
             self.first_of_kind(Kind::Anthropic, "anthropic")
         } else {
@@ -270,6 +443,11 @@ impl Registry {
             provider: p.clone(),
             upstream_model: model.to_string(),
         })
+    }
+
+    /// The models to try, in order, when `model`'s provider fails.
+    pub fn fallbacks(&self, model: &str) -> &[String] {
+        self.fallbacks.get(model).map(Vec::as_slice).unwrap_or(&[])
     }
 
     /// Model names the OpenAI surface can list: `echo`, aliases and the
@@ -282,8 +460,8 @@ impl Registry {
             }
         }
         for p in self.providers.values() {
-            if p.name == "openai" || p.name == "anthropic" {
-                for m in crate::usage::prices::models_of_kind(p.kind) {
+            if crate::config::builtin(&p.name).is_some_and(|b| b.kind == p.kind.as_str()) {
+                for m in crate::usage::prices::models_of_provider(&p.name) {
                     out.push((m.to_string(), p.name.clone()));
                 }
             }

@@ -37,8 +37,46 @@ impl Usage {
         Some(Usage { prompt, completion })
     }
 
+    /// Gemini's `usageMetadata`: thinking tokens are billed as output.
+    fn from_google(u: &Value) -> Option<Usage> {
+        if !u.is_object() {
+            return None;
+        }
+        Some(Usage {
+            prompt: num(u, "promptTokenCount") + num(u, "toolUsePromptTokenCount"),
+            completion: num(u, "candidatesTokenCount") + num(u, "thoughtsTokenCount"),
+        })
+    }
+
+    /// Cohere's `billed_units` (what is charged; `search_units` are not tokens).
+    fn from_billed_units(u: &Value) -> Option<Usage> {
+        if !u.is_object() {
+            return None;
+        }
+        Some(Usage {
+            prompt: num(u, "input_tokens"),
+            completion: num(u, "output_tokens"),
+        })
+    }
+
     /// Usage carried by a response body or a stream event, wherever it sits.
     pub fn from_json(v: &Value) -> Option<Usage> {
+        if let Some(u) = v.get("usageMetadata") {
+            return Usage::from_google(u);
+        }
+        // Cohere: v2 `usage.billed_units`, v2 stream `message-end`
+        // `delta.usage.billed_units`, v1 `meta.billed_units`, v1 stream-end
+        // `response.meta.billed_units`.
+        for path in [
+            "/usage/billed_units",
+            "/delta/usage/billed_units",
+            "/meta/billed_units",
+            "/response/meta/billed_units",
+        ] {
+            if let Some(u) = v.pointer(path) {
+                return Usage::from_billed_units(u);
+            }
+        }
         for path in [
             &["usage"][..],
             &["message", "usage"],
@@ -70,15 +108,23 @@ impl Usage {
 }
 
 /// Splits a byte stream into complete SSE events (each with its blank line).
+/// With `lines`, each line is an event (JSON lines, Cohere v1 streams).
 #[derive(Default)]
 pub struct EventSplitter {
     buf: BytesMut,
+    lines: bool,
 }
 
 impl EventSplitter {
     pub fn push(&mut self, chunk: &[u8]) -> Vec<Bytes> {
         self.buf.extend_from_slice(chunk);
         let mut out = Vec::new();
+        if self.lines {
+            while let Some(i) = memchr::memchr(b'\n', &self.buf) {
+                out.push(self.buf.split_to(i + 1).freeze());
+            }
+            return out;
+        }
         loop {
             let lf = memchr::memmem::find(&self.buf, b"\n\n").map(|i| i + 2);
             let crlf = memchr::memmem::find(&self.buf, b"\r\n\r\n").map(|i| i + 4);
@@ -140,8 +186,34 @@ pub struct SseTap {
 const MAX_TAP_TEXT: usize = 1024 * 1024;
 
 /// Text deltas of every streamed shape: OpenAI chat and completions,
-/// Anthropic `content_block_delta`, Responses `output_text.delta`.
+/// Anthropic `content_block_delta`, Responses `output_text.delta`, Gemini
+/// candidates, Cohere v2 `content-delta` and v1 `text-generation`.
 fn delta_text(v: &Value, out: &mut String) {
+    if let Some(cands) = v.get("candidates").and_then(Value::as_array) {
+        for c in cands {
+            if let Some(parts) = c.pointer("/content/parts").and_then(Value::as_array) {
+                for p in parts {
+                    if let Some(t) = p.get("text").and_then(Value::as_str) {
+                        out.push_str(t);
+                    }
+                }
+            }
+        }
+        return;
+    }
+    if let Some(t) = v
+        .pointer("/delta/message/content/text")
+        .and_then(Value::as_str)
+    {
+        out.push_str(t);
+        return;
+    }
+    if v.get("event_type").and_then(Value::as_str) == Some("text-generation") {
+        if let Some(t) = v.get("text").and_then(Value::as_str) {
+            out.push_str(t);
+        }
+        return;
+    }
     if let Some(choices) = v.get("choices").and_then(Value::as_array) {
         for c in choices {
             if let Some(t) = c.pointer("/delta/content").and_then(Value::as_str) {
@@ -167,8 +239,23 @@ fn delta_text(v: &Value, out: &mut String) {
 
 impl SseTap {
     pub fn new(hide_usage_chunk: bool) -> SseTap {
+        SseTap::with_splitter(hide_usage_chunk, EventSplitter::default())
+    }
+
+    /// A tap for a JSON-lines stream (one JSON object per line).
+    pub fn json_lines() -> SseTap {
+        SseTap::with_splitter(
+            false,
+            EventSplitter {
+                buf: BytesMut::new(),
+                lines: true,
+            },
+        )
+    }
+
+    fn with_splitter(hide_usage_chunk: bool, splitter: EventSplitter) -> SseTap {
         SseTap {
-            splitter: EventSplitter::default(),
+            splitter,
             usage: Usage::default(),
             saw_usage: false,
             hide_usage_chunk,
@@ -192,13 +279,18 @@ impl SseTap {
     }
 
     fn inspect(&mut self, event: &Bytes) -> bool {
-        let has_usage = memchr::memmem::find(event, b"usage").is_some();
+        let has_usage = memchr::memmem::find(event, b"usage").is_some()
+            || memchr::memmem::find(event, b"billed_units").is_some();
         let has_delta = memchr::memmem::find(event, b"delta").is_some()
             || memchr::memmem::find(event, b"\"text\"").is_some();
         if !has_usage && !has_delta {
             return true;
         }
-        let Some(data) = event_data(event) else {
+        // A JSON line (Cohere v1's `application/stream+json`) is its own data.
+        let Some(data) = event_data(event).or_else(|| {
+            let t = std::str::from_utf8(event).ok()?.trim();
+            t.starts_with('{').then(|| t.to_string())
+        }) else {
             return true;
         };
         let Ok(v) = serde_json::from_str::<Value>(&data) else {
@@ -284,6 +376,91 @@ mod tests {
             Usage::from_json(&serde_json::json!({"input_tokens": 11})),
             None,
             "count_tokens is not usage"
+        );
+    }
+
+    #[test]
+    fn reads_cohere_and_gemini_usage() {
+        let g = serde_json::json!({"candidates": [], "usageMetadata": {"promptTokenCount": 7, "candidatesTokenCount": 3, "thoughtsTokenCount": 2, "totalTokenCount": 12}});
+        assert_eq!(
+            Usage::from_json(&g),
+            Some(Usage {
+                prompt: 7,
+                completion: 5
+            })
+        );
+        let v2 = serde_json::json!({"usage": {"billed_units": {"input_tokens": 4, "output_tokens": 6}, "tokens": {"input_tokens": 70, "output_tokens": 6}}});
+        assert_eq!(
+            Usage::from_json(&v2),
+            Some(Usage {
+                prompt: 4,
+                completion: 6
+            })
+        );
+        let end = serde_json::json!({"type": "message-end", "delta": {"finish_reason": "COMPLETE", "usage": {"billed_units": {"input_tokens": 2, "output_tokens": 9}}}});
+        assert_eq!(
+            Usage::from_json(&end),
+            Some(Usage {
+                prompt: 2,
+                completion: 9
+            })
+        );
+        let v1 = serde_json::json!({"text": "x", "meta": {"billed_units": {"input_tokens": 3, "output_tokens": 1}}});
+        assert_eq!(
+            Usage::from_json(&v1),
+            Some(Usage {
+                prompt: 3,
+                completion: 1
+            })
+        );
+        let rerank =
+            serde_json::json!({"results": [], "meta": {"billed_units": {"search_units": 1}}});
+        assert_eq!(Usage::from_json(&rerank), Some(Usage::default()));
+    }
+
+    #[test]
+    fn taps_json_lines() {
+        let mut tap = SseTap::json_lines();
+        let a = tap.push(b"{\"event_type\":\"text-generation\",\"text\":\"ab\"}\n{\"event_type\":\"stream-end\",\"response\":{\"meta\":{\"billed_units\":{\"input_tokens\":4,");
+        assert_eq!(
+            &a[..],
+            b"{\"event_type\":\"text-generation\",\"text\":\"ab\"}\n"
+        );
+        let b = tap.push(b"\"output_tokens\":1}}}}\n");
+        assert!(b.ends_with(b"}}}}\n"));
+        assert_eq!(tap.text, "ab");
+        assert_eq!(
+            tap.usage,
+            Usage {
+                prompt: 4,
+                completion: 1
+            }
+        );
+    }
+
+    #[test]
+    fn taps_gemini_and_cohere_streams() {
+        let mut tap = SseTap::new(false);
+        tap.push(b"data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"hi \"}]}}],\"usageMetadata\":{\"promptTokenCount\":5}}\r\n\r\n");
+        tap.push(b"data: {\"candidates\":[{\"content\":{\"parts\":[{\"text\":\"there\"}]}}],\"usageMetadata\":{\"promptTokenCount\":5,\"candidatesTokenCount\":2}}\r\n\r\n");
+        assert_eq!(
+            tap.usage,
+            Usage {
+                prompt: 5,
+                completion: 2
+            }
+        );
+        assert_eq!(tap.text, "hi there");
+        let mut tap = SseTap::new(false);
+        tap.push(b"event: content-delta\ndata: {\"type\":\"content-delta\",\"index\":0,\"delta\":{\"message\":{\"content\":{\"text\":\"yo\"}}}}\n\n");
+        tap.push(b"event: message-end\ndata: {\"type\":\"message-end\",\"delta\":{\"finish_reason\":\"COMPLETE\",\"usage\":{\"billed_units\":{\"input_tokens\":3,\"output_tokens\":1},\"tokens\":{\"input_tokens\":60,\"output_tokens\":1}}}}\n\n");
+        assert_eq!(tap.text, "yo");
+        assert_eq!(
+            tap.usage,
+            Usage {
+                prompt: 3,
+                completion: 1
+            }
         );
     }
 

@@ -487,7 +487,8 @@ impl Store for SqlStore {
         for chunk in rows.chunks(500) {
             let values: Vec<String> = (0..chunk.len())
                 .map(|r| {
-                    let ps: Vec<String> = (1..=COLS).map(|c| format!("${}", r * COLS + c)).collect();
+                    let ps: Vec<String> =
+                        (1..=COLS).map(|c| format!("${}", r * COLS + c)).collect();
                     format!("({})", ps.join(","))
                 })
                 .collect();
@@ -514,13 +515,15 @@ impl Store for SqlStore {
                     .bind(u.created_at)
                     .bind(u.flags.as_deref());
             }
-            let inserted: std::collections::HashSet<String> = q
+            let mut inserted: std::collections::HashSet<String> = q
                 .fetch_all(&mut *tx)
                 .await?
                 .iter()
                 .filter_map(|r| r.try_get::<String, _>("request_id").ok())
                 .collect();
-            for u in chunk.iter().filter(|u| inserted.contains(&u.request_id)) {
+            // `remove`: a request id twice in one batch is inserted and
+            // paid for once.
+            for u in chunk.iter().filter(|u| inserted.remove(&u.request_id)) {
                 let e = spend.entry(u.key_id.as_str()).or_insert((0.0, 0));
                 e.0 += u.cost_usd;
                 e.1 = e.1.max(u.created_at);

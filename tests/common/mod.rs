@@ -94,6 +94,21 @@ pub fn scrub_env(cmd: &mut Command) {
             || upper.starts_with("ANTHROPIC_")
             || upper == "CO_API_KEY"
             || upper == "HF_TOKEN"
+            || [
+                "COHERE_API_KEY",
+                "GEMINI_API_KEY",
+                "GOOGLE_API_KEY",
+                "HUGGING_FACE_HUB_TOKEN",
+                "VECTARA_API_KEY",
+                "PERPLEXITYAI_API_KEY",
+                "PPLX_API_KEY",
+                "ANYSCALE_API_KEY",
+                "MISTRAL_API_KEY",
+                "GROQ_API_KEY",
+                "AZURE_OPENAI_API_KEY",
+                "AZURE_OPENAI_ENDPOINT",
+            ]
+            .contains(&upper.as_str())
             || upper == "RUST_LOG"
         {
             cmd.env_remove(&k);
@@ -972,6 +987,27 @@ impl RedisServer {
         }
     }
 
+    /// Freeze the server (SIGSTOP): connections stay open but nothing
+    /// answers, like a network partition; its data survives.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Let a paused server go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("redis-server running").id();
+        let status = Command::new("kill")
+            .arg(sig)
+            .arg(pid.to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {sig} {pid} failed");
+    }
+
     /// Kill the server (SIGKILL: like a crash) and wait until it is gone.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -983,6 +1019,7 @@ impl RedisServer {
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
+        // SIGKILL ends a paused server too.
         self.kill();
     }
 }
@@ -1001,4 +1038,88 @@ pub async fn redis_answers(port: u16) -> bool {
         tokio::time::timeout(Duration::from_millis(500), ping).await,
         Ok(Ok(true))
     )
+}
+
+/// A TCP proxy in front of a service (PostgreSQL, Redis) that a test can
+/// cut (listener and every connection dropped: the port refuses
+/// connections, like a stopped server or a partition) and restore on the
+/// same port.
+pub struct TcpProxy {
+    pub port: u16,
+    target: std::net::SocketAddr,
+    tasks: Option<(tokio::task::JoinHandle<()>, Conns)>,
+}
+
+/// The proxy's open connections.
+type Conns = std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>;
+
+impl TcpProxy {
+    pub async fn start(target: std::net::SocketAddr) -> TcpProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut p = TcpProxy {
+            port: listener.local_addr().unwrap().port(),
+            target,
+            tasks: None,
+        };
+        p.serve(listener);
+        p
+    }
+
+    fn serve(&mut self, listener: tokio::net::TcpListener) {
+        let conns: Conns = std::sync::Arc::default();
+        let target = self.target;
+        let held = conns.clone();
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let conn = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                held.lock().unwrap().push(conn);
+            }
+        });
+        self.tasks = Some((accept, conns));
+    }
+
+    /// Drop the listener and every connection.
+    pub async fn cut(&mut self) {
+        let (accept, conns) = self.tasks.take().expect("proxy running");
+        accept.abort();
+        let _ = accept.await;
+        let conns = std::mem::take(&mut *conns.lock().unwrap());
+        for c in conns {
+            c.abort();
+            let _ = c.await;
+        }
+    }
+
+    /// Listen on the same port again.
+    pub async fn restore(&mut self) {
+        let deadline = Instant::now() + PATIENCE;
+        let listener = loop {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.set_reuseaddr(true).unwrap();
+            match socket
+                .bind(std::net::SocketAddr::from(([127, 0, 0, 1], self.port)))
+                .and_then(|()| socket.listen(1024))
+            {
+                Ok(l) => break l,
+                Err(e) => assert!(Instant::now() < deadline, "cannot listen again: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        self.serve(listener);
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        if let Some((accept, conns)) = self.tasks.take() {
+            accept.abort();
+            for c in conns.lock().unwrap().drain(..) {
+                c.abort();
+            }
+        }
+    }
 }

@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sdkutil import ADMIN_KEY, ANTHROPIC_SECRET, BURSAR_BIN, MOCK_BIN, OPENAI_SECRET, MAX_BODY_BYTES, clean_env
+from sdkutil import ADMIN_KEY, ANTHROPIC_SECRET, BURSAR_BIN, MOCK_BIN, NATIVE_SECRETS, OPENAI_SECRET, MAX_BODY_BYTES, clean_env
 
 START_TIMEOUT = 30.0
 USAGE_TIMEOUT = 10.0
@@ -211,6 +211,34 @@ api_key  = "{OPENAI_SECRET}"
 [providers.anthropic]
 base_url = "{mock.url}"
 api_key  = "{ANTHROPIC_SECRET}"
+
+[providers.cohere]
+base_url = "{mock.url}"
+api_key  = "{NATIVE_SECRETS['cohere']}"
+
+[providers.gemini]
+base_url = "{mock.url}"
+api_key  = "{NATIVE_SECRETS['gemini']}"
+
+[providers.azure]
+base_url = "{mock.url}"
+api_key  = "{NATIVE_SECRETS['azure']}"
+
+[providers.huggingface]
+base_url = "{mock.url}"
+api_key  = "{NATIVE_SECRETS['huggingface']}"
+
+[providers.perplexity]
+base_url = "{mock.url}"
+api_key  = "{NATIVE_SECRETS['perplexity']}"
+
+[providers.anyscale]
+base_url = "{mock.url}/v1"
+api_key  = "{NATIVE_SECRETS['anyscale']}"
+
+[providers.mistral]
+base_url = "{mock.url}/v1"
+api_key  = "{NATIVE_SECRETS['mistral']}"
 """
         )
         bursar = _start(

@@ -16,7 +16,17 @@ OPENAI_SECRET = "sk-real-openai-secret-123456"
 ANTHROPIC_SECRET = "sk-ant-real-secret-123456"
 # The gateway's body limit in the suite's config (small, to test 413 cheaply).
 MAX_BODY_BYTES = 1 << 20
-SECRET_FRAGMENTS = ("sk-real-openai-secret", "sk-ant-real-secret")
+# The other providers' real keys (tests/sdk/conftest.py configures them).
+NATIVE_SECRETS = {
+    "cohere": "co-real-cohere-secret-123456",
+    "gemini": "AIza-real-gemini-secret-123456",
+    "azure": "az-real-azure-secret-123456",
+    "huggingface": "hf_real_huggingface_secret_123456",
+    "perplexity": "pplx-real-perplexity-secret-123456",
+    "anyscale": "esecret_real_anyscale_123456",
+    "mistral": "real-mistral-secret-123456",
+}
+SECRET_FRAGMENTS = ("sk-real-openai-secret", "sk-ant-real-secret", *NATIVE_SECRETS.values())
 
 # Built-in prices (USD per million tokens) of the models the tests use.
 PRICES = {
@@ -24,6 +34,13 @@ PRICES = {
     "text-embedding-3-small": (0.02, 0.0),
     "claude-sonnet-4-5": (3.0, 15.0),
     "echo": (1.0, 2.0),
+    "command-r-plus": (2.50, 10.0),
+    "command-r": (0.15, 0.60),
+    "gemini-2.5-flash": (0.30, 2.50),
+    "sonar": (1.0, 1.0),
+    "sonar-pro": (3.0, 15.0),
+    "mistral-small-latest": (0.10, 0.30),
+    "meta-llama/Meta-Llama-3-8B-Instruct": (0.15, 0.15),
 }
 
 # Every SDK call gives up quickly instead of hanging a CI run.
@@ -75,7 +92,8 @@ def assert_usage_row(row: dict, *, key, model: str, provider: str, endpoint: str
 def clean_env(**extra: str) -> dict[str, str]:
     """The environment for a child process: no BURSAR_* and no provider
     variables leaking in from the caller's shell, plus `extra`."""
-    drop = ("BURSAR_", "OPENAI_", "ANTHROPIC_", "CO_API_KEY", "HF_TOKEN")
+    drop = ("BURSAR_", "OPENAI_", "ANTHROPIC_", "CO_API", "COHERE_", "HF_", "GEMINI_", "GOOGLE_",
+            "MISTRAL_", "PERPLEXITY", "PPLX_", "ANYSCALE_", "GROQ_", "AZURE_OPENAI_", "VECTARA_")
     env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
     env["NO_COLOR"] = "1"  # plain log files
     env.update(extra)
