@@ -697,3 +697,28 @@ async fn a_malformed_body_cannot_slip_past_the_model_scope() {
         "nothing reached the upstream"
     );
 }
+
+#[tokio::test]
+async fn models_command_lists_what_the_key_reaches_with_prices() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(&mock).await;
+    let (_, key) = gw
+        .create_key(json!({"name": "m", "models": ["echo", "gpt-4o-mini"]}))
+        .await;
+    let out = gw
+        .cli(
+            &["models", "--format", "json"],
+            &[("BURSAR_API_KEY", &key)],
+            None,
+        )
+        .await;
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let rows: Vec<Value> = serde_json::from_str(&out.stdout).unwrap();
+    let names: Vec<&str> = rows.iter().map(|r| r["model"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["echo", "gpt-4o-mini"]);
+    let mini = &rows[1];
+    assert_eq!(mini["input_per_mtok"], 0.15);
+    assert_eq!(mini["output_per_mtok"], 0.6);
+    let out = gw.cli(&["models"], &[], None).await;
+    assert_eq!(out.code, 2, "no key is bad usage");
+}

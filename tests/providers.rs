@@ -493,10 +493,18 @@ async fn keys_failing_with_401_leave_the_rotation_and_are_reported() {
     let mock = MockUpstream::start().await;
     let gw = start(&mock).await;
     let (_, key) = gw.open_key().await;
-    // Each request tries both keys; after two rounds both are out.
+    // Each request tries both keys; after two rounds both are out. The
+    // client's own key is fine, so it sees 502, never 401.
     for _ in 0..2 {
-        let (status, _, _) = gw.chat(&key, "revoked/gpt-4o-mini", "x").await;
-        assert_eq!(status, 401);
+        let (status, _, v) = gw.chat(&key, "revoked/gpt-4o-mini", "x").await;
+        assert_eq!(status, 502, "{v}");
+        assert_eq!(v["error"]["type"], "upstream_error");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("refused the gateway's credentials")
+        );
     }
     let ev = gw
         .wait_audit("provider.key_disabled", |r| {

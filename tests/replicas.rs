@@ -456,7 +456,6 @@ async fn a_budget_is_shared_across_replicas_under_parallel_load() {
         sum >= budget - 1e-12,
         "refused with nothing reserved after spending only ${sum:.6} of ${budget:.6}"
     );
-    eprintln!("budget: {} requests, {} admitted, spent {sum:.6} of {budget:.6}, bound {bound:.6}", answers.len(), admitted.len());
     // Spent: every replica refuses from now on.
     for gw in &c.replicas {
         let r = gw.post("/v1/chat/completions", &secret, &body).await;

@@ -204,3 +204,31 @@ mod tests {
         }
     }
 }
+
+/// `bursar models`: the models a key can reach, with their prices.
+pub async fn models(c: &Client, a: WhoamiArgs) -> CliResult {
+    let key = need_key(a.key)?;
+    let v = c
+        .call(Method::GET, "/bursar/v1/whoami", &key, &[], None)
+        .await?;
+    let rows: Vec<serde_json::Value> = v["models"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|m| {
+            serde_json::json!({
+                "model": m["id"],
+                "provider": m["provider"],
+                "input_per_mtok": m["price"]["input_per_mtok"],
+                "output_per_mtok": m["price"]["output_per_mtok"],
+            })
+        })
+        .collect();
+    super::print_rows(
+        &rows,
+        &["model", "provider", "input_per_mtok", "output_per_mtok"],
+        a.format,
+    )?;
+    Ok(0)
+}

@@ -71,6 +71,8 @@ enum Command {
     Env(env::EnvArgs),
     /// Run a command with those variables set: bursar exec --key K -- CMD ...
     Exec(env::ExecArgs),
+    /// The models a key (BURSAR_API_KEY) can reach, with prices in USD per million tokens.
+    Models(env::WhoamiArgs),
     /// Show the scope, limits, budget and models of a key (BURSAR_API_KEY).
     Whoami(env::WhoamiArgs),
     /// Accounts of the web console (/console): create (with an invite link), list, invite, update.
@@ -122,6 +124,7 @@ async fn run(cli: Cli) -> i32 {
         Command::Env(a) => env::env(&client, a),
         Command::Exec(a) => env::exec(&client, a).await,
         Command::Whoami(a) => env::whoami(&client, a).await,
+        Command::Models(a) => env::models(&client, a).await,
         Command::ConsoleUser(cmd) => console::run(&client, cmd).await,
     };
     match result {

@@ -855,14 +855,27 @@ async fn forward(
         })?;
     let raw = app.registry.scrubber.scrub(raw);
 
-    if status.is_server_error() {
+    // A provider that refuses the gateway's own credentials (401/403) is a
+    // gateway-side failure: passing the status through would make the
+    // client's SDK believe its bursar key is invalid.
+    let rejected_credentials =
+        status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN;
+    if status.is_server_error() || rejected_credentials {
         let upstream_body = serde_json::from_slice::<Value>(&raw)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&raw).into_owned()));
-        let mut e = ApiError::upstream_error(format!(
-            "the provider '{}' failed with HTTP {}",
-            provider.name,
-            status.as_u16()
-        ));
+        let mut e = ApiError::upstream_error(if rejected_credentials {
+            format!(
+                "the provider '{}' refused the gateway's credentials (HTTP {}); your bursar key is fine — tell the gateway's admin",
+                provider.name,
+                status.as_u16()
+            )
+        } else {
+            format!(
+                "the provider '{}' failed with HTTP {}",
+                provider.name,
+                status.as_u16()
+            )
+        });
         e.upstream = Some(upstream_body);
         return Err(e);
     }

@@ -176,10 +176,24 @@ pub struct SseTap {
     pub usage: Usage,
     pub saw_usage: bool,
     hide_usage_chunk: bool,
-    /// The text streamed so far (bounded), to estimate completion tokens
-    /// when a stream ends before its usage report.
-    text: String,
-    text_overflow: usize,
+    /// The events that carried text so far (bounded), kept unparsed: only a
+    /// stream that ends before its usage report needs them, to estimate the
+    /// completion tokens.
+    deltas: Vec<Bytes>,
+    deltas_len: usize,
+    deltas_overflow: usize,
+}
+
+/// Whether `key` appears in `event` with a value other than `null` (every
+/// OpenAI chunk says `"usage":null` once usage is asked for).
+fn has_value(event: &[u8], key: &[u8]) -> bool {
+    let finder = memchr::memmem::Finder::new(key);
+    finder.find_iter(event).any(|at| {
+        let rest = &event[at + key.len()..];
+        let rest = rest.trim_ascii_start();
+        let rest = rest.strip_prefix(b":").unwrap_or(rest).trim_ascii_start();
+        !rest.starts_with(b"null")
+    })
 }
 
 /// Most streamed text kept for the completion estimate.
@@ -259,15 +273,32 @@ impl SseTap {
             usage: Usage::default(),
             saw_usage: false,
             hide_usage_chunk,
-            text: String::new(),
-            text_overflow: 0,
+            deltas: Vec::new(),
+            deltas_len: 0,
+            deltas_overflow: 0,
         }
+    }
+
+    /// The text streamed so far (within the kept bound).
+    pub fn streamed_text(&self) -> String {
+        let mut text = String::new();
+        for e in &self.deltas {
+            let data = event_data(e).or_else(|| {
+                let t = std::str::from_utf8(e).ok()?.trim();
+                t.starts_with('{').then(|| t.to_string())
+            });
+            if let Some(v) = data.and_then(|d| serde_json::from_str::<Value>(&d).ok()) {
+                delta_text(&v, &mut text);
+            }
+        }
+        text
     }
 
     /// Usage for a stream that did not end normally: the reported counts, or
     /// where larger, the streamed text's tokens and the prompt estimate.
     pub fn usage_at_least(&self, prompt_estimate: u64) -> Usage {
-        let counted = super::tokens::count(&self.text) + (self.text_overflow / 4) as u64;
+        let counted =
+            super::tokens::count(&self.streamed_text()) + (self.deltas_overflow / 4) as u64;
         Usage {
             prompt: if self.usage.prompt == 0 {
                 prompt_estimate
@@ -279,11 +310,20 @@ impl SseTap {
     }
 
     fn inspect(&mut self, event: &Bytes) -> bool {
-        let has_usage = memchr::memmem::find(event, b"usage").is_some()
+        let has_usage = has_value(event, b"\"usage\"")
+            || has_value(event, b"\"usageMetadata\"")
             || memchr::memmem::find(event, b"billed_units").is_some();
         let has_delta = memchr::memmem::find(event, b"delta").is_some()
             || memchr::memmem::find(event, b"\"text\"").is_some();
-        if !has_usage && !has_delta {
+        if has_delta {
+            if self.deltas_len + event.len() <= MAX_TAP_TEXT {
+                self.deltas_len += event.len();
+                self.deltas.push(event.clone());
+            } else {
+                self.deltas_overflow += event.len();
+            }
+        }
+        if !has_usage {
             return true;
         }
         // A JSON line (Cohere v1's `application/stream+json`) is its own data.
@@ -296,16 +336,6 @@ impl SseTap {
         let Ok(v) = serde_json::from_str::<Value>(&data) else {
             return true;
         };
-        if has_delta {
-            let before = self.text.len();
-            let mut t = String::new();
-            delta_text(&v, &mut t);
-            if before + t.len() <= MAX_TAP_TEXT {
-                self.text.push_str(&t);
-            } else {
-                self.text_overflow += t.len();
-            }
-        }
         if let Some(u) = Usage::from_json(&v) {
             self.usage.merge(u);
             self.saw_usage = true;
@@ -428,7 +458,7 @@ mod tests {
         );
         let b = tap.push(b"\"output_tokens\":1}}}}\n");
         assert!(b.ends_with(b"}}}}\n"));
-        assert_eq!(tap.text, "ab");
+        assert_eq!(tap.streamed_text(), "ab");
         assert_eq!(
             tap.usage,
             Usage {
@@ -450,11 +480,11 @@ mod tests {
                 completion: 2
             }
         );
-        assert_eq!(tap.text, "hi there");
+        assert_eq!(tap.streamed_text(), "hi there");
         let mut tap = SseTap::new(false);
         tap.push(b"event: content-delta\ndata: {\"type\":\"content-delta\",\"index\":0,\"delta\":{\"message\":{\"content\":{\"text\":\"yo\"}}}}\n\n");
         tap.push(b"event: message-end\ndata: {\"type\":\"message-end\",\"delta\":{\"finish_reason\":\"COMPLETE\",\"usage\":{\"billed_units\":{\"input_tokens\":3,\"output_tokens\":1},\"tokens\":{\"input_tokens\":60,\"output_tokens\":1}}}}\n\n");
-        assert_eq!(tap.text, "yo");
+        assert_eq!(tap.streamed_text(), "yo");
         assert_eq!(
             tap.usage,
             Usage {
