@@ -177,34 +177,6 @@ pub async fn whoami(c: &Client, a: WhoamiArgs) -> CliResult {
     Ok(0)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn renders_each_shell() {
-        let vars = variables("http://h:1", "bsr_x'y");
-        assert!(render(&vars, ShellKind::Bash).contains("export OPENAI_BASE_URL='http://h:1/v1'"));
-        assert!(render(&vars, ShellKind::Bash).contains("export OPENAI_API_KEY='bsr_x'\\''y'"));
-        assert!(
-            render(&vars, ShellKind::Fish)
-                .contains("set -gx ANTHROPIC_BASE_URL 'http://h:1/anthropic'")
-        );
-        assert!(render(&vars, ShellKind::Powershell).contains("$env:OPENAI_API_KEY = 'bsr_x''y'"));
-        assert!(render(&vars, ShellKind::Dotenv).contains("OPENAI_BASE_URL=http://h:1/v1\n"));
-        let d = render(&vars, ShellKind::Dotenv);
-        for line in [
-            "CO_API_URL=http://h:1/cohere\n",
-            "GOOGLE_GEMINI_BASE_URL=http://h:1/gemini\n",
-            "AZURE_OPENAI_ENDPOINT=http://h:1/azure\n",
-            "HF_TOKEN=bsr_x'y\n",
-            "MISTRAL_API_KEY=bsr_x'y\n",
-        ] {
-            assert!(d.contains(line), "{line}");
-        }
-    }
-}
-
 /// `bursar models`: the models a key can reach, with their prices.
 pub async fn models(c: &Client, a: WhoamiArgs) -> CliResult {
     let key = need_key(a.key)?;
@@ -231,4 +203,32 @@ pub async fn models(c: &Client, a: WhoamiArgs) -> CliResult {
         a.format,
     )?;
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_each_shell() {
+        let vars = variables("http://h:1", "bsr_x'y");
+        assert!(render(&vars, ShellKind::Bash).contains("export OPENAI_BASE_URL='http://h:1/v1'"));
+        assert!(render(&vars, ShellKind::Bash).contains("export OPENAI_API_KEY='bsr_x'\\''y'"));
+        assert!(
+            render(&vars, ShellKind::Fish)
+                .contains("set -gx ANTHROPIC_BASE_URL 'http://h:1/anthropic'")
+        );
+        assert!(render(&vars, ShellKind::Powershell).contains("$env:OPENAI_API_KEY = 'bsr_x''y'"));
+        assert!(render(&vars, ShellKind::Dotenv).contains("OPENAI_BASE_URL=http://h:1/v1\n"));
+        let d = render(&vars, ShellKind::Dotenv);
+        for line in [
+            "CO_API_URL=http://h:1/cohere\n",
+            "GOOGLE_GEMINI_BASE_URL=http://h:1/gemini\n",
+            "AZURE_OPENAI_ENDPOINT=http://h:1/azure\n",
+            "HF_TOKEN=bsr_x'y\n",
+            "MISTRAL_API_KEY=bsr_x'y\n",
+        ] {
+            assert!(d.contains(line), "{line}");
+        }
+    }
 }
