@@ -661,13 +661,11 @@ async fn late_budget_load_keeps_spend_settled_since(ctr: &Ctr) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: budget_load overwrites the period's settled spend (LocalCounters::budget_load and the Redis BUDGET script's 'load'), so a replica whose spend_since read raced with another replica's settlements resets the shared spend"]
 async fn local_late_budget_load_keeps_spend_settled_since() {
     late_budget_load_keeps_spend_settled_since(&Ctr::local()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: budget_load overwrites the period's settled spend (LocalCounters::budget_load and the Redis BUDGET script's 'load'), so a replica whose spend_since read raced with another replica's settlements resets the shared spend"]
 async fn redis_late_budget_load_keeps_spend_settled_since() {
     let c = Ctr::redis().await;
     late_budget_load_keeps_spend_settled_since(&c).await;
@@ -678,7 +676,6 @@ async fn redis_late_budget_load_keeps_spend_settled_since() {
 /// count once Redis is back ("counters resync when it returns"), and the
 /// fallback itself must start from the spend known when Redis went away.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: Resilient does not resync budgets: spend settled in the local fallback never reaches Redis when it returns (Redis kept its older spend), and the fallback starts from the spend of the last budget_load, not the shared spend"]
 async fn resilient_resyncs_budget_spend_settled_during_an_outage() {
     let server = RedisServer::start().await;
     let prefix = "bursar_t_resync:";
@@ -711,7 +708,6 @@ async fn resilient_resyncs_budget_spend_settled_during_an_outage() {
 /// reasonable time) — not held for the gateway's 15-minute slot TTL,
 /// locking a concurrency-limited key out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: Resilient::release of a Redis slot during an outage is dropped ('the slot expires on its own'), and the gateway's SLOT_TTL_MS is 15 min: after a partition from Redis a key with max_concurrency stays locked out"]
 async fn resilient_frees_slots_released_while_redis_was_unreachable() {
     let server = RedisServer::start().await;
     let mut proxy = TcpProxy::start(format!("127.0.0.1:{}", server.port).parse().unwrap()).await;

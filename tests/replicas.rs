@@ -817,7 +817,6 @@ async fn postgres_outage_past_the_stale_window_fails_closed_until_it_returns() {
 /// (`invalidate::publish` falls back to it), so it must still reach the
 /// other replicas within a second rather than at their next cache refresh.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: invalidate::publish falls back to PostgreSQL NOTIFY when Redis fails, but invalidate::listen only LISTENs on PostgreSQL when no redis is configured: during a Redis outage a revocation waits for cache_refresh_seconds"]
 async fn a_revocation_during_a_redis_outage_still_reaches_every_replica_within_a_second() {
     let mut redis = RedisServer::start().await;
     let c = Cluster::start_with(2, redis.url(), None, SLOW_REFRESH).await;

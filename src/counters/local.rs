@@ -131,8 +131,11 @@ impl Counters for LocalCounters {
             // A new period: open reservations carry over, spend starts again.
             b.period_start = period_start;
             b.alerted = false;
+            b.spent = spent_usd;
+        } else {
+            // A load that raced with settlements must not undo them.
+            b.spent = b.spent.max(spent_usd);
         }
-        b.spent = spent_usd;
     }
 
     async fn budget_reserve(

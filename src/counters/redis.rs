@@ -13,6 +13,10 @@ use super::{BudgetState, Counters, LocalCounters, RateState};
 
 const WINDOW_MS: f64 = 60_000.0;
 
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 const TAKE: &str = r#"
 local cap = tonumber(ARGV[1]); local amount = tonumber(ARGV[2]); local now = tonumber(ARGV[3]); local mode = ARGV[4]
 local t = redis.call('HMGET', KEYS[1], 'tokens', 'last')
@@ -70,7 +74,7 @@ if cur_ps ~= ps then
 end
 local ok = 1; local crossed = 0
 if op == 'load' then
-  spent = a
+  if cur_ps == ps then spent = math.max(spent, a) else spent = a end
 elseif op == 'reserve' then
   if spent + reserved < limit then reserved = reserved + a else ok = 0 end
 elseif op == 'settle' then
@@ -265,6 +269,11 @@ impl RedisCounters {
 pub struct Resilient {
     /// Whether Redis is configured at all.
     configured: bool,
+    /// Budget settlements made in the fallback, replayed into Redis when it
+    /// returns: (name, period start, limit, cost).
+    pending_settlements: std::sync::Mutex<Vec<(String, i64, f64, f64)>>,
+    /// Slot releases that could not reach Redis: (name, token).
+    pending_releases: std::sync::Mutex<Vec<(String, String)>>,
     redis: std::sync::RwLock<Option<RedisCounters>>,
     local: LocalCounters,
     down: Arc<AtomicBool>,
@@ -275,6 +284,8 @@ impl Resilient {
     pub fn local() -> Resilient {
         Resilient {
             configured: false,
+            pending_settlements: Default::default(),
+            pending_releases: Default::default(),
             redis: std::sync::RwLock::new(None),
             local: LocalCounters::default(),
             down: Arc::new(AtomicBool::new(false)),
@@ -295,6 +306,8 @@ impl Resilient {
         };
         let r = Resilient {
             configured: true,
+            pending_settlements: Default::default(),
+            pending_releases: Default::default(),
             redis: std::sync::RwLock::new(redis),
             local: LocalCounters::default(),
             down: Arc::new(AtomicBool::new(down)),
@@ -320,6 +333,7 @@ impl Resilient {
             };
             if let Some(r) = redis
                 && r.ping().await.is_ok()
+                && self.resync(&r).await
             {
                 if let Ok(mut g) = self.redis.write() {
                     *g = Some(r);
@@ -329,6 +343,34 @@ impl Resilient {
                 tracing::warn!("redis answers again; limits are shared across replicas again");
             }
         }
+    }
+
+    /// Replay into Redis what happened while it was away; false (and the
+    /// rest kept for the next try) when Redis fails again.
+    async fn resync(&self, r: &RedisCounters) -> bool {
+        let settlements = std::mem::take(&mut *lock(&self.pending_settlements));
+        let mut left = Vec::new();
+        for (i, (name, ps, limit, cost)) in settlements.iter().enumerate() {
+            if r.budget_op(name, "settle", *ps, *limit, 0.0, *cost, 0.0)
+                .await
+                .is_err()
+            {
+                left.extend_from_slice(&settlements[i..]);
+                break;
+            }
+        }
+        let releases = std::mem::take(&mut *lock(&self.pending_releases));
+        let mut left_releases = Vec::new();
+        for (i, (name, token)) in releases.iter().enumerate() {
+            if r.try_release(name, token).await.is_err() {
+                left_releases.extend_from_slice(&releases[i..]);
+                break;
+            }
+        }
+        let ok = left.is_empty() && left_releases.is_empty();
+        lock(&self.pending_settlements).extend(left);
+        lock(&self.pending_releases).extend(left_releases);
+        ok
     }
 
     fn current(&self) -> Option<RedisCounters> {
@@ -396,8 +438,9 @@ impl Counters for Resilient {
                 if let Some(r) = self.current()
                     && let Err(e) = r.try_release(name, t).await
                 {
-                    // The slot expires on its own.
+                    // Released when Redis answers again (or it expires).
                     self.degrade(&e);
+                    lock(&self.pending_releases).push((name.to_string(), t.to_string()));
                 }
             }
             _ => self.local.release(name, token).await,
@@ -429,7 +472,38 @@ impl Counters for Resilient {
         actual: f64,
         threshold: f64,
     ) -> BudgetState {
-        shared_or_local!(self, r => r.budget_op(name, "settle", period_start, limit_usd, reserved, actual, threshold).await, self.local.budget_settle(name, period_start, limit_usd, reserved, actual, threshold).await)
+        // The local counters always follow this replica's settlements, so a
+        // fallback starts from the spend known when Redis went away.
+        let local = self
+            .local
+            .budget_settle(name, period_start, limit_usd, reserved, actual, threshold)
+            .await;
+        if let Some(r) = self.shared() {
+            match r
+                .budget_op(
+                    name,
+                    "settle",
+                    period_start,
+                    limit_usd,
+                    reserved,
+                    actual,
+                    threshold,
+                )
+                .await
+            {
+                Ok(v) => return v,
+                Err(e) => self.degrade(&e),
+            }
+        }
+        if self.configured && actual > 0.0 {
+            lock(&self.pending_settlements).push((
+                name.to_string(),
+                period_start,
+                limit_usd,
+                actual,
+            ));
+        }
+        local
     }
     async fn budget_peek(&self, name: &str, period_start: i64, limit_usd: f64) -> BudgetState {
         shared_or_local!(self, r => r.budget_op(name, "peek", period_start, limit_usd, 0.0, 0.0, 0.0).await, self.local.budget_peek(name, period_start, limit_usd).await)

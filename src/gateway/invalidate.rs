@@ -1,6 +1,7 @@
 //! Cross-replica cache invalidation: a key change on any replica is published
-//! (Redis pub/sub when `redis` is configured, else PostgreSQL NOTIFY when the
-//! database is PostgreSQL) and every replica reloads its key cache at once.
+//! (on Redis pub/sub when `redis` is configured, and with PostgreSQL NOTIFY
+//! when the database is PostgreSQL) and every replica reloads its key cache
+//! at once.
 //! The periodic refresh stays as the safety net.
 
 use std::sync::Arc;
@@ -30,7 +31,7 @@ pub async fn publish(app: &App) {
                 .await
         };
         match tokio::time::timeout(Duration::from_secs(1), sent).await {
-            Ok(Ok(_)) => return,
+            Ok(Ok(_)) => {}
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "could not publish a key change to redis; other replicas refresh within their safety-net interval")
             }
@@ -45,11 +46,18 @@ pub async fn publish(app: &App) {
 }
 
 /// Listen for changes made elsewhere and reload the cache (runs forever).
+/// With Redis and PostgreSQL both configured, both channels are used, so a
+/// change still reaches every replica while Redis is down.
 pub async fn listen(app: Arc<App>) {
-    if let Some(url) = app.config.redis.clone() {
-        listen_redis(app, url).await;
-    } else if app.config.database.starts_with("postgres") {
-        listen_postgres(app).await;
+    let redis = app.config.redis.clone().filter(|r| !r.is_empty());
+    let postgres = app.config.database.starts_with("postgres");
+    match (redis, postgres) {
+        (Some(url), true) => {
+            tokio::join!(listen_redis(app.clone(), url), listen_postgres(app));
+        }
+        (Some(url), false) => listen_redis(app, url).await,
+        (None, true) => listen_postgres(app).await,
+        (None, false) => {}
     }
 }
 
