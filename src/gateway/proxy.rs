@@ -498,7 +498,9 @@ fn serve_echo(
     let shape = match surface.shape {
         Shape::OpenAi => EchoShape::OpenAi,
         Shape::Anthropic => EchoShape::Anthropic,
-        _ => {
+        Shape::Cohere => EchoShape::Cohere,
+        Shape::Google => EchoShape::Google,
+        Shape::Vectara => {
             return Err(ApiError::not_found(format!(
                 "the echo model does not serve /{}",
                 surface.rest
@@ -506,8 +508,8 @@ fn serve_echo(
         }
     };
     let answer = echo::respond(shape, endpoint, model, &json);
-    // Counting tokens is free, as at Anthropic.
-    let usage = if endpoint == "count_tokens" {
+    // Counting tokens is free, as at Anthropic and Google.
+    let usage = if matches!(endpoint, "count_tokens" | "countTokens") {
         Usage::default()
     } else {
         Usage {

@@ -166,10 +166,12 @@ impl Surface {
         }
         let kind = match app.registry.get(first) {
             Some(p) => p.kind,
-            // The two native surfaces exist even unconfigured: `echo` answers there.
+            // These native surfaces exist even unconfigured: `echo` answers there.
             None => match first {
                 "openai" => Kind::OpenAi,
                 "anthropic" => Kind::Anthropic,
+                "cohere" => Kind::Cohere,
+                "gemini" => Kind::Gemini,
                 _ => return None,
             },
         };
@@ -228,7 +230,25 @@ pub fn is_metered(endpoint: &str) -> bool {
 }
 
 /// The echo model's name for an endpoint path, if it serves it.
+///
+/// Each surface's echo answers only its own shape's names: Cohere's chat is
+/// `chat_v2` / `chat_v1`, Google's are the method names after
+/// `models/{model}:` (`generateContent`, `streamGenerateContent`,
+/// `countTokens`).
 pub fn echo_endpoint(rest: &str) -> Option<&'static str> {
+    match rest {
+        "v2/chat" => return Some("chat_v2"),
+        "v1/chat" => return Some("chat_v1"),
+        _ => {}
+    }
+    if let Some((_, method)) = google_model_method(rest) {
+        return match method {
+            "generateContent" => Some("generateContent"),
+            "streamGenerateContent" => Some("streamGenerateContent"),
+            "countTokens" => Some("countTokens"),
+            _ => None,
+        };
+    }
     let p = rest.strip_prefix("v1/").unwrap_or(rest);
     Some(match p {
         "chat/completions" => "chat",

@@ -3,8 +3,8 @@
 //! so the gateway works with zero provider keys.
 //!
 //! The answers follow the real APIs' wire shapes closely enough for the
-//! official `openai` and `anthropic` SDKs (including their stream helpers) to
-//! parse them.
+//! official `openai`, `anthropic`, `cohere` (v1 and v2 clients) and
+//! `google-genai` SDKs (including their stream helpers) to parse them.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -24,20 +24,28 @@ const MAX_DIMENSIONS: u64 = 3072;
 
 const JSON: &str = "application/json";
 const SSE: &str = "text/event-stream";
+/// Cohere v1 streams: one JSON object per line.
+const NDJSON: &str = "application/stream+json";
 
 /// Which wire shape to answer in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EchoShape {
     OpenAi,
     Anthropic,
+    /// Cohere: v2 chat (SSE streams) and v1 chat (newline-delimited JSON streams).
+    Cohere,
+    /// Google (Gemini API): generateContent, streamGenerateContent, countTokens.
+    Google,
 }
 
 pub struct EchoAnswer {
     /// 200, or 400/404 for refusals.
     pub status: u16,
-    /// "application/json" or "text/event-stream".
+    /// "application/json", "text/event-stream", or "application/stream+json"
+    /// (Cohere v1 streams).
     pub content_type: &'static str,
-    /// The whole body; for SSE one element per event (each ending in "\n\n").
+    /// The whole body; for SSE one element per event (each ending in "\n\n",
+    /// "\r\n\r\n" for Google), for Cohere v1 streams one JSON line each.
     pub chunks: Vec<Bytes>,
     pub prompt_tokens: u64,
     pub completion_tokens: u64,
@@ -48,7 +56,10 @@ pub struct EchoAnswer {
 /// `endpoint` is one of "chat" (POST /v1/chat/completions), "completions"
 /// (POST /v1/completions), "embeddings", "responses" (POST /v1/responses),
 /// "messages" (POST /v1/messages, Anthropic), "count_tokens"
-/// (POST /v1/messages/count_tokens, Anthropic). `model` is the model name to
+/// (POST /v1/messages/count_tokens, Anthropic), "chat_v2" (POST /v2/chat,
+/// Cohere), "chat_v1" (POST /v1/chat, Cohere), "generateContent",
+/// "streamGenerateContent" and "countTokens" (POST
+/// /v1beta/models/{model}:{method}, Google). `model` is the model name to
 /// report back. `body` is the parsed JSON request body.
 ///
 /// An endpoint the echo model does not serve in `shape` answers 404, a body
@@ -61,6 +72,11 @@ pub fn respond(shape: EchoShape, endpoint: &str, model: &str, body: &Value) -> E
         (EchoShape::OpenAi, "responses") => responses(model, body),
         (EchoShape::Anthropic, "messages") => messages(model, body),
         (EchoShape::Anthropic, "count_tokens") => count_tokens(body),
+        (EchoShape::Cohere, "chat_v2") => cohere_chat_v2(body),
+        (EchoShape::Cohere, "chat_v1") => cohere_chat_v1(body),
+        (EchoShape::Google, "generateContent") => google_generate(model, body, false),
+        (EchoShape::Google, "streamGenerateContent") => google_generate(model, body, true),
+        (EchoShape::Google, "countTokens") => google_count_tokens(body),
         _ => {
             return error(
                 shape,
@@ -90,6 +106,17 @@ fn error(shape: EchoShape, status: u16, message: &str) -> EchoAnswer {
         EchoShape::Anthropic => json!({
             "type": "error",
             "error": {"type": "invalid_request_error", "message": message},
+        }),
+        EchoShape::Cohere => json!({
+            "message": message,
+            "type": if status == 404 { "not_found" } else { "invalid_request_error" },
+        }),
+        EchoShape::Google => json!({
+            "error": {
+                "code": status,
+                "message": message,
+                "status": if status == 404 { "NOT_FOUND" } else { "INVALID_ARGUMENT" },
+            }
         }),
     };
     EchoAnswer {
@@ -922,6 +949,314 @@ fn count_tokens(body: &Value) -> Answered {
     ))
 }
 
+// ---------------------------------------------------------------- Cohere
+
+/// Cohere's finish reason.
+fn cohere_finish(reply: &Reply) -> &'static str {
+    if reply.cut { "MAX_TOKENS" } else { "COMPLETE" }
+}
+
+/// `usage` (v2) and `meta` (v1) token accounting.
+fn cohere_usage(prompt: u64, completion: u64) -> Value {
+    json!({
+        "billed_units": {"input_tokens": prompt, "output_tokens": completion},
+        "tokens": {"input_tokens": prompt, "output_tokens": completion},
+    })
+}
+
+/// Cohere v2 chat: `messages` as in OpenAI chat (string or text-part
+/// content), prompt tokens counted the same way.
+fn cohere_chat_v2(body: &Value) -> Answered {
+    let body = object(body)?;
+    let messages = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| "'messages' must be a non-empty array.".to_string())?;
+    let mut prompt_tokens = 3u64;
+    let mut last_user = None;
+    for message in messages {
+        let role = message
+            .get("role")
+            .and_then(Value::as_str)
+            .ok_or_else(|| "Each message must have a string 'role'.".to_string())?;
+        let text = content_text(message.get("content"));
+        prompt_tokens += count(&text) + 3;
+        if role == "user" {
+            last_user = Some(text);
+        }
+    }
+    let limit = token_limit(body, &["max_tokens"])?;
+    let reply = Reply::new(last_user, limit);
+    let finish = cohere_finish(&reply);
+    let completion_tokens = reply.tokens;
+    let id = fresh_id();
+    let usage = cohere_usage(prompt_tokens, completion_tokens);
+
+    if !wants_stream(body) {
+        let answer = json!({
+            "id": id,
+            "finish_reason": finish,
+            "message": {
+                "role": "assistant",
+                "content": [{"type": "text", "text": reply.text}],
+            },
+            "usage": usage,
+        });
+        return Ok(json_answer(&answer, prompt_tokens, completion_tokens));
+    }
+
+    let mut chunks = Vec::with_capacity(reply.words.len() + 4);
+    let mut push = |kind: &str, mut event: Value| {
+        event["type"] = json!(kind);
+        chunks.push(sse_event(kind, &event));
+    };
+    push(
+        "message-start",
+        json!({"id": id, "delta": {"message": {
+            "role": "assistant",
+            "content": [],
+            "tool_plan": "",
+            "tool_calls": [],
+            "citations": [],
+        }}}),
+    );
+    push(
+        "content-start",
+        json!({"index": 0, "delta": {"message": {"content": {"type": "text", "text": ""}}}}),
+    );
+    for word in &reply.words {
+        push(
+            "content-delta",
+            json!({"index": 0, "delta": {"message": {"content": {"text": word}}}}),
+        );
+    }
+    push("content-end", json!({"index": 0}));
+    push(
+        "message-end",
+        json!({"id": id, "delta": {"finish_reason": finish, "usage": usage}}),
+    );
+    Ok(sse_answer(chunks, prompt_tokens, completion_tokens))
+}
+
+/// Cohere v1 chat: the user's turn is `message`; `preamble` and
+/// `chat_history` (`{role, message}`) count into the prompt, 3 tokens per
+/// turn plus 3.
+fn cohere_chat_v1(body: &Value) -> Answered {
+    let body = object(body)?;
+    let message = body
+        .get("message")
+        .and_then(Value::as_str)
+        .ok_or_else(|| "'message' must be a string.".to_string())?;
+    let mut prompt_tokens = 3 + count(message) + 3;
+    if let Some(preamble) = body.get("preamble").and_then(Value::as_str) {
+        prompt_tokens += count(preamble) + 3;
+    }
+    let mut history = Vec::new();
+    match body.get("chat_history") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(turns)) => {
+            for turn in turns {
+                let text = turn.get("message").and_then(Value::as_str).unwrap_or("");
+                prompt_tokens += count(text) + 3;
+                history.push(turn.clone());
+            }
+        }
+        Some(_) => return Err("'chat_history' must be an array.".to_string()),
+    }
+    let limit = token_limit(body, &["max_tokens"])?;
+    let reply = Reply::new(Some(message.to_string()), limit);
+    let finish = cohere_finish(&reply);
+    let completion_tokens = reply.tokens;
+    let generation_id = fresh_id();
+    history.push(json!({"role": "USER", "message": message}));
+    history.push(json!({"role": "CHATBOT", "message": reply.text}));
+    let response = json!({
+        "response_id": fresh_id(),
+        "text": reply.text,
+        "generation_id": generation_id,
+        "chat_history": history,
+        "finish_reason": finish,
+        "meta": {
+            "api_version": {"version": "1"},
+            "billed_units": {"input_tokens": prompt_tokens, "output_tokens": completion_tokens},
+            "tokens": {"input_tokens": prompt_tokens, "output_tokens": completion_tokens},
+        },
+    });
+
+    if !wants_stream(body) {
+        return Ok(json_answer(&response, prompt_tokens, completion_tokens));
+    }
+
+    let line = |v: Value| Bytes::from(format!("{v}\n"));
+    let mut chunks = Vec::with_capacity(reply.words.len() + 2);
+    chunks.push(line(json!({
+        "is_finished": false,
+        "event_type": "stream-start",
+        "generation_id": generation_id,
+    })));
+    for word in &reply.words {
+        chunks.push(line(json!({
+            "is_finished": false,
+            "event_type": "text-generation",
+            "text": word,
+        })));
+    }
+    chunks.push(line(json!({
+        "is_finished": true,
+        "event_type": "stream-end",
+        "finish_reason": finish,
+        "response": response,
+    })));
+    Ok(EchoAnswer {
+        status: 200,
+        content_type: NDJSON,
+        chunks,
+        prompt_tokens,
+        completion_tokens,
+    })
+}
+
+// ---------------------------------------------------------------- Google
+
+/// The concatenated `parts[].text` of a Gemini `Content` (or a bare string).
+fn google_parts_text(content: Option<&Value>) -> String {
+    let mut out = String::new();
+    match content {
+        Some(Value::String(s)) => out.push_str(s),
+        Some(Value::Object(c)) => {
+            if let Some(parts) = c.get("parts").and_then(Value::as_array) {
+                for part in parts {
+                    if let Some(t) = part.get("text").and_then(Value::as_str) {
+                        out.push_str(t);
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    out
+}
+
+/// A field under its camelCase or snake_case name.
+fn either<'a>(body: &'a Map<String, Value>, camel: &str, snake: &str) -> Option<&'a Value> {
+    body.get(camel).or_else(|| body.get(snake))
+}
+
+/// Prompt tokens of a Gemini request (the text of every `contents[]` item
+/// plus `systemInstruction`), and the last user text (the last item with
+/// role "user" or no role).
+fn google_prompt(body: &Map<String, Value>) -> Result<(u64, Option<String>), String> {
+    let contents = match body.get("contents") {
+        Some(Value::Array(items)) if !items.is_empty() => items,
+        _ => return Err("'contents' must be a non-empty array.".to_string()),
+    };
+    let mut tokens = count(&google_parts_text(either(
+        body,
+        "systemInstruction",
+        "system_instruction",
+    )));
+    let mut last_user = None;
+    for item in contents {
+        if !item.is_object() {
+            return Err("Each item of 'contents' must be an object.".to_string());
+        }
+        let text = google_parts_text(Some(item));
+        tokens += count(&text);
+        match item.get("role") {
+            None | Some(Value::Null) => last_user = Some(text),
+            Some(Value::String(r)) if r == "user" => last_user = Some(text),
+            Some(Value::String(_)) => {}
+            Some(_) => return Err("A content's 'role' must be a string.".to_string()),
+        }
+    }
+    Ok((tokens, last_user))
+}
+
+fn google_usage(prompt: u64, completion: u64) -> Value {
+    json!({
+        "promptTokenCount": prompt,
+        "candidatesTokenCount": completion,
+        "totalTokenCount": prompt + completion,
+        "promptTokensDetails": [{"modality": "TEXT", "tokenCount": prompt}],
+    })
+}
+
+fn google_generate(model: &str, body: &Value, stream: bool) -> Answered {
+    let body = object(body)?;
+    let (prompt_tokens, last_user) = google_prompt(body)?;
+    let mut limit = token_limit(body, &["max_tokens"])?;
+    if let Some(config) = either(body, "generationConfig", "generation_config") {
+        let config = config
+            .as_object()
+            .ok_or_else(|| "'generationConfig' must be an object.".to_string())?;
+        if let Some(n) = token_limit(config, &["maxOutputTokens", "max_output_tokens"])? {
+            limit = Some(limit.map_or(n, |l| l.min(n)));
+        }
+    }
+    let reply = Reply::new(last_user, limit);
+    let finish = if reply.cut { "MAX_TOKENS" } else { "STOP" };
+    let completion_tokens = reply.tokens;
+    let response_id = fresh_id();
+    let answer = |text: &str, finish: Option<&str>, completion: u64| {
+        let mut candidate = json!({
+            "content": {"parts": [{"text": text}], "role": "model"},
+            "index": 0,
+        });
+        if let Some(f) = finish {
+            candidate["finishReason"] = json!(f);
+        }
+        json!({
+            "candidates": [candidate],
+            "usageMetadata": google_usage(prompt_tokens, completion),
+            "modelVersion": model,
+            "responseId": response_id,
+        })
+    };
+
+    if !stream {
+        let v = answer(&reply.text, Some(finish), completion_tokens);
+        return Ok(json_answer(&v, prompt_tokens, completion_tokens));
+    }
+
+    let data = |v: &Value| Bytes::from(format!("data: {v}\r\n\r\n"));
+    let mut chunks = Vec::with_capacity(reply.words.len().max(1));
+    if reply.words.is_empty() {
+        chunks.push(data(&answer("", Some(finish), completion_tokens)));
+    }
+    let mut so_far = String::new();
+    for (i, word) in reply.words.iter().enumerate() {
+        so_far.push_str(word);
+        let last = i + 1 == reply.words.len();
+        // The last chunk reports the whole reply's count; before it, the
+        // count so far.
+        let completion = if last {
+            completion_tokens
+        } else {
+            count(&so_far)
+        };
+        chunks.push(data(&answer(word, last.then_some(finish), completion)));
+    }
+    Ok(sse_answer(chunks, prompt_tokens, completion_tokens))
+}
+
+/// countTokens: `contents` (and `systemInstruction`), directly or inside
+/// `generateContentRequest`.
+fn google_count_tokens(body: &Value) -> Answered {
+    let outer = object(body)?;
+    let inner = match either(outer, "generateContentRequest", "generate_content_request") {
+        Some(Value::Object(inner)) => inner,
+        Some(_) => return Err("'generateContentRequest' must be an object.".to_string()),
+        None => outer,
+    };
+    let (prompt_tokens, _) = google_prompt(inner)?;
+    Ok(json_answer(
+        &json!({"totalTokens": prompt_tokens, "promptTokensDetails": [{"modality": "TEXT", "tokenCount": prompt_tokens}]}),
+        prompt_tokens,
+        0,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1581,5 +1916,279 @@ mod tests {
         ]}]});
         let v = single_json(&respond(EchoShape::Anthropic, "messages", "echo", &body));
         assert_eq!(v["content"][0]["text"], "result!");
+    }
+
+    #[test]
+    fn cohere_v2_plain_and_stream() {
+        let text = "echo for cohere  v2";
+        let body = json!({"model": "echo", "messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": [{"type": "text", "text": text}]},
+        ]});
+        let a = respond(EchoShape::Cohere, "chat_v2", "echo", &body);
+        let v = single_json(&a);
+        assert_eq!(v["message"]["role"], "assistant");
+        assert_eq!(
+            v["message"]["content"],
+            json!([{"type": "text", "text": text}])
+        );
+        assert_eq!(v["finish_reason"], "COMPLETE");
+        let prompt = expected_chat_prompt(&["be brief", text]);
+        assert_eq!(a.prompt_tokens, prompt);
+        assert_eq!(a.completion_tokens, count(text));
+        assert_eq!(v["usage"]["billed_units"]["input_tokens"], prompt);
+        assert_eq!(v["usage"]["billed_units"]["output_tokens"], count(text));
+        assert_eq!(v["usage"]["tokens"], v["usage"]["billed_units"]);
+
+        let mut body = body;
+        body["stream"] = json!(true);
+        let a = respond(EchoShape::Cohere, "chat_v2", "echo", &body);
+        assert_eq!(a.content_type, SSE);
+        let events = named_events(&a);
+        let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+        let mut expected = vec!["message-start", "content-start"];
+        expected.extend(std::iter::repeat_n(
+            "content-delta",
+            split_words(text).len(),
+        ));
+        expected.extend(["content-end", "message-end"]);
+        assert_eq!(names, expected);
+        for (name, e) in &events {
+            assert_eq!(&e["type"], name);
+        }
+        let joined: String = events
+            .iter()
+            .filter(|(n, _)| n == "content-delta")
+            .map(|(_, e)| e["delta"]["message"]["content"]["text"].as_str().unwrap())
+            .collect();
+        assert_eq!(joined, text);
+        let end = &events.last().unwrap().1["delta"];
+        assert_eq!(end["finish_reason"], "COMPLETE");
+        assert_eq!(end["usage"]["billed_units"]["input_tokens"], prompt);
+        assert_eq!(end["usage"]["billed_units"]["output_tokens"], count(text));
+        assert_eq!(end["usage"]["tokens"]["output_tokens"], count(text));
+    }
+
+    #[test]
+    fn cohere_v2_max_tokens_and_errors() {
+        let body = json!({"messages": [{"role": "user", "content": "a b c d e"}], "max_tokens": 2});
+        let a = respond(EchoShape::Cohere, "chat_v2", "echo", &body);
+        let v = single_json(&a);
+        assert_eq!(v["message"]["content"][0]["text"], "a b");
+        assert_eq!(v["finish_reason"], "MAX_TOKENS");
+        assert_eq!(a.completion_tokens, 2);
+        for body in [
+            json!({}),
+            json!({"messages": []}),
+            json!({"messages": [{"content": "x"}]}),
+        ] {
+            let a = respond(EchoShape::Cohere, "chat_v2", "echo", &body);
+            assert_eq!(a.status, 400, "{body}");
+            assert_eq!(single_json(&a)["type"], "invalid_request_error");
+            assert!(single_json(&a)["message"].is_string());
+        }
+        let a = respond(EchoShape::Cohere, "embeddings", "echo", &json!({}));
+        assert_eq!(a.status, 404);
+        assert_eq!(single_json(&a)["type"], "not_found");
+    }
+
+    #[test]
+    fn cohere_v1_plain_and_stream() {
+        let text = "echo for cohere v1";
+        let body = json!({
+            "model": "echo",
+            "message": text,
+            "preamble": "be brief",
+            "chat_history": [
+                {"role": "USER", "message": "before"},
+                {"role": "CHATBOT", "message": "reply"},
+            ],
+        });
+        let a = respond(EchoShape::Cohere, "chat_v1", "echo", &body);
+        let v = single_json(&a);
+        assert_eq!(v["text"], text);
+        assert!(v["generation_id"].is_string());
+        assert_eq!(v["finish_reason"], "COMPLETE");
+        let prompt = expected_chat_prompt(&["be brief", "before", "reply", text]);
+        assert_eq!(a.prompt_tokens, prompt);
+        assert_eq!(v["meta"]["billed_units"]["input_tokens"], prompt);
+        assert_eq!(v["meta"]["billed_units"]["output_tokens"], count(text));
+        assert_eq!(v["chat_history"].as_array().unwrap().len(), 4);
+        assert_eq!(
+            v["chat_history"][3],
+            json!({"role": "CHATBOT", "message": text})
+        );
+
+        let mut body = body;
+        body["stream"] = json!(true);
+        let a = respond(EchoShape::Cohere, "chat_v1", "echo", &body);
+        assert_eq!(a.content_type, NDJSON);
+        let lines: Vec<Value> = a
+            .chunks
+            .iter()
+            .map(|c| {
+                let s = std::str::from_utf8(c).unwrap();
+                assert!(s.ends_with('\n') && !s[..s.len() - 1].contains('\n'));
+                serde_json::from_str(s).unwrap()
+            })
+            .collect();
+        assert_eq!(lines[0]["event_type"], "stream-start");
+        assert_eq!(lines.len(), split_words(text).len() + 2);
+        let joined: String = lines[1..lines.len() - 1]
+            .iter()
+            .map(|e| {
+                assert_eq!(e["event_type"], "text-generation");
+                e["text"].as_str().unwrap()
+            })
+            .collect();
+        assert_eq!(joined, text);
+        let end = lines.last().unwrap();
+        assert_eq!(end["event_type"], "stream-end");
+        assert_eq!(end["is_finished"], true);
+        assert_eq!(end["response"]["text"], text);
+        assert_eq!(end["response"]["generation_id"], lines[0]["generation_id"]);
+        assert_eq!(
+            end["response"]["meta"]["billed_units"]["output_tokens"],
+            count(text)
+        );
+        assert_eq!(a.completion_tokens, count(text));
+
+        for body in [
+            json!({}),
+            json!({"message": 3}),
+            json!({"message": "x", "chat_history": "no"}),
+        ] {
+            assert_eq!(
+                respond(EchoShape::Cohere, "chat_v1", "echo", &body).status,
+                400
+            );
+        }
+    }
+
+    fn gemini_body(text: &str) -> Value {
+        json!({
+            "contents": [
+                {"role": "user", "parts": [{"text": "earlier"}]},
+                {"role": "model", "parts": [{"text": "answer"}]},
+                {"role": "user", "parts": [{"text": text}, {"text": "!"}]},
+            ],
+            "systemInstruction": {"parts": [{"text": "be brief"}]},
+        })
+    }
+
+    #[test]
+    fn google_generate_plain() {
+        let text = "echo for gemini";
+        let a = respond(
+            EchoShape::Google,
+            "generateContent",
+            "echo",
+            &gemini_body(text),
+        );
+        let v = single_json(&a);
+        let reply = format!("{text}!");
+        let cand = &v["candidates"][0];
+        assert_eq!(
+            cand["content"],
+            json!({"parts": [{"text": reply}], "role": "model"})
+        );
+        assert_eq!(cand["finishReason"], "STOP");
+        assert_eq!(cand["index"], 0);
+        assert_eq!(v["modelVersion"], "echo");
+        let prompt = count("be brief") + count("earlier") + count("answer") + count(&reply);
+        assert_eq!(a.prompt_tokens, prompt);
+        assert_eq!(a.completion_tokens, count(&reply));
+        let u = &v["usageMetadata"];
+        assert_eq!(u["promptTokenCount"], prompt);
+        assert_eq!(u["candidatesTokenCount"], count(&reply));
+        assert_eq!(u["totalTokenCount"], prompt + count(&reply));
+
+        // No role counts as the user; a later model turn does not.
+        let body = json!({"contents": [{"parts": [{"text": "mine"}]}, {"role": "model", "parts": [{"text": "x"}]}]});
+        let v = single_json(&respond(
+            EchoShape::Google,
+            "generateContent",
+            "echo",
+            &body,
+        ));
+        assert_eq!(v["candidates"][0]["content"]["parts"][0]["text"], "mine");
+
+        // maxOutputTokens (and the gateway's max_tokens) cut the reply.
+        let mut body = gemini_body("one two three four");
+        body["generationConfig"] = json!({"maxOutputTokens": 2});
+        let a = respond(EchoShape::Google, "generateContent", "echo", &body);
+        let v = single_json(&a);
+        assert_eq!(v["candidates"][0]["content"]["parts"][0]["text"], "one two");
+        assert_eq!(v["candidates"][0]["finishReason"], "MAX_TOKENS");
+        assert_eq!(a.completion_tokens, 2);
+    }
+
+    #[test]
+    fn google_stream_chunks() {
+        let text = "echo gemini  in a stream";
+        let body = json!({"contents": [{"role": "user", "parts": [{"text": text}]}]});
+        let a = respond(EchoShape::Google, "streamGenerateContent", "echo", &body);
+        assert_eq!(a.content_type, SSE);
+        assert_eq!(a.chunks.len(), split_words(text).len());
+        let mut joined = String::new();
+        for (i, c) in a.chunks.iter().enumerate() {
+            let s = std::str::from_utf8(c).unwrap();
+            let json = s
+                .strip_prefix("data: ")
+                .unwrap()
+                .strip_suffix("\r\n\r\n")
+                .unwrap();
+            let v: Value = serde_json::from_str(json).unwrap();
+            let cand = &v["candidates"][0];
+            joined.push_str(cand["content"]["parts"][0]["text"].as_str().unwrap());
+            assert_eq!(cand["content"]["role"], "model");
+            assert_eq!(v["usageMetadata"]["promptTokenCount"], count(text));
+            if i + 1 == a.chunks.len() {
+                assert_eq!(cand["finishReason"], "STOP");
+                assert_eq!(v["usageMetadata"]["candidatesTokenCount"], count(text));
+            } else {
+                assert!(cand.get("finishReason").is_none());
+            }
+        }
+        assert_eq!(joined, text);
+        assert_eq!(a.prompt_tokens, count(text));
+        assert_eq!(a.completion_tokens, count(text));
+    }
+
+    #[test]
+    fn google_count_tokens_and_errors() {
+        let body = gemini_body("count me");
+        let generated = respond(EchoShape::Google, "generateContent", "echo", &body);
+        let a = respond(EchoShape::Google, "countTokens", "echo", &body);
+        assert_eq!(single_json(&a)["totalTokens"], generated.prompt_tokens);
+        assert_eq!(a.completion_tokens, 0);
+        let wrapped = json!({"generateContentRequest": body});
+        let a = respond(EchoShape::Google, "countTokens", "echo", &wrapped);
+        assert_eq!(single_json(&a)["totalTokens"], generated.prompt_tokens);
+
+        for body in [
+            json!({}),
+            json!({"contents": []}),
+            json!({"contents": ["x"]}),
+            json!({"contents": [{"parts": []}], "generationConfig": {"maxOutputTokens": 0}}),
+        ] {
+            let a = respond(EchoShape::Google, "generateContent", "echo", &body);
+            assert_eq!(a.status, 400, "{body}");
+            let v = single_json(&a);
+            assert_eq!(v["error"]["code"], 400);
+            assert_eq!(v["error"]["status"], "INVALID_ARGUMENT");
+        }
+        let a = respond(EchoShape::Google, "embedContent", "echo", &json!({}));
+        assert_eq!(a.status, 404);
+        assert_eq!(single_json(&a)["error"]["status"], "NOT_FOUND");
+        // Other shapes do not answer Google's or Cohere's endpoints.
+        assert_eq!(
+            respond(EchoShape::OpenAi, "generateContent", "echo", &json!({})).status,
+            404
+        );
+        assert_eq!(
+            respond(EchoShape::Anthropic, "chat_v2", "echo", &json!({})).status,
+            404
+        );
     }
 }
