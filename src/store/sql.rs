@@ -484,7 +484,10 @@ impl Store for SqlStore {
         // Multi-row inserts; RETURNING names the rows that were new, so a
         // replayed row adds nothing to a key's spend.
         const COLS: usize = 15;
-        for chunk in rows.chunks(500) {
+        // SQLite's binding of `$N` parameters grows with the square of their
+        // number per statement: keep its statements small.
+        let per_statement = if self.is_sqlite { 32 } else { 500 };
+        for chunk in rows.chunks(per_statement) {
             let values: Vec<String> = (0..chunk.len())
                 .map(|r| {
                     let ps: Vec<String> =
