@@ -18,7 +18,7 @@ use crate::gateway::error::{ApiError, Shape};
 use crate::keys::spec::{KeyFields, KeySpec, OwnerFields, merge_patch};
 use crate::keys::{self};
 use crate::store::{GROUP_COLUMNS, KeyFilter, KeyRow, OwnerRow, UsageFilter};
-use crate::util::{new_id, now_ms, parse_time, rfc3339};
+use crate::util::{now_ms, parse_time, rfc3339};
 
 const OPENAPI: &str = include_str!("openapi.json");
 
@@ -271,28 +271,7 @@ pub(crate) async fn create_key_from(
 ) -> Result<(KeyRow, String), AdminError> {
     let now = now_ms();
     let expires_at = fields.validate(now).map_err(bad)?;
-    let secret = keys::generate(keys::KEY_PREFIX);
-    let row = KeyRow {
-        id: new_id("key"),
-        name: fields.name.clone().unwrap_or_default(),
-        user: fields.user.clone(),
-        team: fields.team.clone(),
-        purpose: fields.purpose.clone(),
-        environment: fields.environment.clone(),
-        prefix: keys::display_prefix(&secret),
-        key_hash: keys::hash_hex(&secret),
-        old_key_hash: None,
-        old_key_expires_at: None,
-        status: "active".into(),
-        parent_id: None,
-        expires_at,
-        spec: serde_json::to_string(&fields.spec()).map_err(anyhow::Error::from)?,
-        spend_usd: 0.0,
-        created_at: now,
-        updated_at: now,
-        revoked_at: None,
-        last_used_at: None,
-    };
+    let (row, secret) = fields.new_row(None, expires_at, now);
     app.store.insert_key(&row).await?;
     app.audit
         .record(

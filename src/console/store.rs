@@ -8,6 +8,7 @@ use sqlx::any::AnyRow;
 use sqlx::{AnyPool, Row};
 
 use crate::gateway::App;
+use crate::store::query::{Arg, Where, usage_where};
 use crate::store::{AuditRow, UsageFilter};
 
 /// A console account.
@@ -76,72 +77,6 @@ fn user_from_row(r: &AnyRow) -> Result<ConsoleUser> {
         updated_at: r.try_get("updated_at")?,
         last_login_at: r.try_get("last_login_at")?,
     })
-}
-
-enum Arg {
-    S(String),
-    I(i64),
-}
-
-/// `WHERE` clauses with `$N` placeholders, like the main store builds them.
-#[derive(Default)]
-struct Where {
-    clauses: Vec<String>,
-    args: Vec<Arg>,
-}
-
-impl Where {
-    fn push(&mut self, sql: &str, arg: Arg) {
-        self.args.push(arg);
-        self.clauses
-            .push(sql.replace('?', &format!("${}", self.args.len())));
-    }
-    fn sql(&self) -> String {
-        if self.clauses.is_empty() {
-            String::new()
-        } else {
-            format!(" WHERE {}", self.clauses.join(" AND "))
-        }
-    }
-    fn next(&self) -> String {
-        format!("${}", self.args.len() + 1)
-    }
-    fn bind<'q>(
-        &'q self,
-        mut q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
-    ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
-        for a in &self.args {
-            q = match a {
-                Arg::S(s) => q.bind(s.as_str()),
-                Arg::I(i) => q.bind(*i),
-            };
-        }
-        q
-    }
-}
-
-/// The same conditions as the main store's usage queries (so the console's
-/// numbers equal `GET /admin/v1/usage` for the same filter).
-fn usage_where(f: &UsageFilter) -> Where {
-    let mut w = Where::default();
-    for (col, v) in [
-        ("key_id", &f.key_id),
-        ("user_name", &f.user),
-        ("team", &f.team),
-        ("model", &f.model),
-        ("provider", &f.provider),
-    ] {
-        if let Some(v) = v {
-            w.push(&format!("{col} = ?"), Arg::S(v.clone()));
-        }
-    }
-    if let Some(s) = f.since {
-        w.push("created_at >= ?", Arg::I(s));
-    }
-    if let Some(u) = f.until {
-        w.push("created_at < ?", Arg::I(u));
-    }
-    w
 }
 
 /// Escape `%`, `_` and `\` for a `LIKE … ESCAPE '\'` pattern.
@@ -394,7 +329,7 @@ impl ConsoleDb {
         let sql = format!(
             "SELECT created_at, latency_ms, prompt_tokens, completion_tokens, cost_usd, status FROM usage{} ORDER BY created_at DESC LIMIT {}",
             w.sql(),
-            w.next()
+            w.next_placeholder()
         );
         let rows = w
             .bind(sqlx::query(&sql))
@@ -424,7 +359,7 @@ impl ConsoleDb {
         };
         let mut w = Where::default();
         if let Some(u) = user {
-            w.push("user_name = ?", Arg::S(u.to_string()));
+            w.push("user_name = ?", Arg::S(Some(u.to_string())));
         }
         let sql = format!(
             "SELECT DISTINCT {col} AS v FROM usage{} ORDER BY v LIMIT 200",
@@ -444,30 +379,30 @@ impl ConsoleDb {
     pub async fn audit(&self, q: &AuditQuery) -> Result<Vec<AuditRow>> {
         let mut w = Where::default();
         if let Some(s) = q.since {
-            w.push("ts >= ?", Arg::I(s));
+            w.push("ts >= ?", Arg::I(Some(s)));
         }
         if let Some(u) = q.until {
-            w.push("ts < ?", Arg::I(u));
+            w.push("ts < ?", Arg::I(Some(u)));
         }
         if let Some(a) = &q.actor {
             w.push(
                 "actor LIKE ? ESCAPE '\\'",
-                Arg::S(format!("%{}%", like_escape(a))),
+                Arg::S(Some(format!("%{}%", like_escape(a)))),
             );
         }
         if let Some(a) = &q.action {
             w.push(
                 "action LIKE ? ESCAPE '\\'",
-                Arg::S(format!("{}%", like_escape(a))),
+                Arg::S(Some(format!("{}%", like_escape(a)))),
             );
         }
         if let Some(b) = q.before {
-            w.push("seq < ?", Arg::I(b));
+            w.push("seq < ?", Arg::I(Some(b)));
         }
         let sql = format!(
             "SELECT seq, ts, actor, action, target, ip, detail, prev_hash, hash FROM audit{} ORDER BY seq DESC LIMIT {}",
             w.sql(),
-            w.next()
+            w.next_placeholder()
         );
         let rows = w
             .bind(sqlx::query(&sql))
@@ -515,6 +450,6 @@ mod tests {
             w.sql(),
             " WHERE key_id = $1 AND model = $2 AND created_at >= $3"
         );
-        assert_eq!(w.next(), "$4");
+        assert_eq!(w.next_placeholder(), "$4");
     }
 }

@@ -18,8 +18,7 @@ use super::surface;
 use crate::counters::{Counters, period_start};
 use crate::keys::spec::{Budget, KeyFields};
 use crate::keys::{self, glob_covered};
-use crate::store::KeyRow;
-use crate::util::{new_id, now_ms, rfc3339};
+use crate::util::{now_ms, rfc3339};
 
 const MAX_BODY: usize = 1024 * 1024;
 
@@ -328,29 +327,7 @@ async fn mint(app: &Arc<App>, peer: SocketAddr, req: Request) -> Result<Response
     };
     fields = narrow(&parent, &fields, expires, remaining, now)?;
     fields.validate(now).map_err(ApiError::invalid_request)?;
-    let secret = keys::generate(keys::KEY_PREFIX);
-    let row = KeyRow {
-        id: new_id("key"),
-        name: fields.name.clone().unwrap_or_default(),
-        user: fields.user.clone(),
-        team: fields.team.clone(),
-        purpose: fields.purpose.clone(),
-        environment: fields.environment.clone(),
-        prefix: keys::display_prefix(&secret),
-        key_hash: keys::hash_hex(&secret),
-        old_key_hash: None,
-        old_key_expires_at: None,
-        status: "active".into(),
-        parent_id: Some(parent.row.id.clone()),
-        expires_at: expires,
-        spec: serde_json::to_string(&fields.spec())
-            .map_err(|e| ApiError::internal(e.to_string()))?,
-        spend_usd: 0.0,
-        created_at: now,
-        updated_at: now,
-        revoked_at: None,
-        last_used_at: None,
-    };
+    let (row, secret) = fields.new_row(Some(parent.row.id.clone()), expires, now);
     let stored = async {
         app.store.insert_key(&row).await?;
         app.audit
@@ -421,6 +398,7 @@ pub async fn report_leak(
 mod tests {
     use super::*;
     use crate::keys::spec::KeySpec;
+    use crate::store::KeyRow;
     use proptest::prelude::*;
 
     fn key(spec: KeySpec, expires: Option<i64>) -> CachedKey {

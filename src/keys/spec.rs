@@ -308,6 +308,41 @@ pub fn validate_guardrails(g: &Value) -> Result<Guardrails, String> {
     Ok(out)
 }
 
+impl KeyFields {
+    /// A new key row for these (validated) fields, and its secret, shown once
+    /// and never stored.
+    pub fn new_row(
+        &self,
+        parent_id: Option<String>,
+        expires_at: Option<i64>,
+        now: i64,
+    ) -> (crate::store::KeyRow, String) {
+        let secret = super::generate(super::KEY_PREFIX);
+        let row = crate::store::KeyRow {
+            id: crate::util::new_id("key"),
+            name: self.name.clone().unwrap_or_default(),
+            user: self.user.clone(),
+            team: self.team.clone(),
+            purpose: self.purpose.clone(),
+            environment: self.environment.clone(),
+            prefix: super::display_prefix(&secret),
+            key_hash: super::hash_hex(&secret),
+            old_key_hash: None,
+            old_key_expires_at: None,
+            status: "active".into(),
+            parent_id,
+            expires_at,
+            spec: serde_json::to_string(&self.spec()).unwrap_or_else(|_| "{}".into()),
+            spend_usd: 0.0,
+            created_at: now,
+            updated_at: now,
+            revoked_at: None,
+            last_used_at: None,
+        };
+        (row, secret)
+    }
+}
+
 /// Apply a JSON merge patch (RFC 7396 style at the top level: `null`
 /// clears a field, an absent field is kept) to a key's fields.
 pub fn merge_patch(current: &KeyFields, patch: &Map<String, Value>) -> Result<KeyFields, String> {

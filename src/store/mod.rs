@@ -1,6 +1,7 @@
 //! Persistent state behind one `Store` trait. `SqlStore` implements it for
 //! SQLite and PostgreSQL with one schema (see `migrations/`).
 
+pub(crate) mod query;
 mod sql;
 
 use anyhow::Result;

@@ -3,10 +3,10 @@
 
 use anyhow::{Context, Result};
 use async_trait::async_trait;
-use sqlx::any::{AnyArguments, AnyPoolOptions, AnyRow};
-use sqlx::query::Query;
+use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{Any, AnyPool, Executor, Row};
 
+use super::query::{Arg, Where, bind_all, usage_where};
 use super::*;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -14,50 +14,6 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 pub struct SqlStore {
     pool: AnyPool,
     is_sqlite: bool,
-}
-
-/// A bind value for dynamically built queries.
-enum Arg {
-    S(Option<String>),
-    I(Option<i64>),
-}
-
-fn bind_all<'q>(
-    mut q: Query<'q, Any, AnyArguments<'q>>,
-    args: &'q [Arg],
-) -> Query<'q, Any, AnyArguments<'q>> {
-    for a in args {
-        q = match a {
-            Arg::S(s) => q.bind(s.as_deref()),
-            Arg::I(i) => q.bind(*i),
-        };
-    }
-    q
-}
-
-/// Builds a `WHERE` clause with `$N` placeholders.
-#[derive(Default)]
-struct Where {
-    clauses: Vec<String>,
-    args: Vec<Arg>,
-}
-
-impl Where {
-    fn push(&mut self, sql: &str, arg: Arg) {
-        self.args.push(arg);
-        self.clauses
-            .push(sql.replace('?', &format!("${}", self.args.len())));
-    }
-    fn sql(&self) -> String {
-        if self.clauses.is_empty() {
-            String::new()
-        } else {
-            format!(" WHERE {}", self.clauses.join(" AND "))
-        }
-    }
-    fn next_placeholder(&self) -> String {
-        format!("${}", self.args.len() + 1)
-    }
 }
 
 const KEY_COLUMNS: &str = "id, name, user_name, team, purpose, environment, prefix, key_hash, old_key_hash, old_key_expires_at, status, parent_id, expires_at, spec, spend_usd, created_at, updated_at, revoked_at, last_used_at";
@@ -151,28 +107,6 @@ fn owner_from_row(r: &AnyRow) -> Result<OwnerRow> {
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
     })
-}
-
-fn usage_where(f: &UsageFilter) -> Where {
-    let mut w = Where::default();
-    for (col, v) in [
-        ("key_id", &f.key_id),
-        ("user_name", &f.user),
-        ("team", &f.team),
-        ("model", &f.model),
-        ("provider", &f.provider),
-    ] {
-        if let Some(v) = v {
-            w.push(&format!("{col} = ?"), Arg::S(Some(v.clone())));
-        }
-    }
-    if let Some(s) = f.since {
-        w.push("created_at >= ?", Arg::I(Some(s)));
-    }
-    if let Some(u) = f.until {
-        w.push("created_at < ?", Arg::I(Some(u)));
-    }
-    w
 }
 
 /// Adds `mode=rwc` to a SQLite URL so a fresh file is created.
@@ -393,7 +327,8 @@ impl Store for SqlStore {
             w.sql(),
             w.next_placeholder()
         );
-        let rows = bind_all(sqlx::query(&sql), &w.args)
+        let rows = w
+            .bind(sqlx::query(&sql))
             .bind(f.limit)
             .fetch_all(&self.pool)
             .await?;
@@ -556,7 +491,8 @@ impl Store for SqlStore {
             w.sql(),
             w.next_placeholder()
         );
-        let rows = bind_all(sqlx::query(&sql), &w.args)
+        let rows = w
+            .bind(sqlx::query(&sql))
             .bind(f.limit)
             .fetch_all(&self.pool)
             .await?;
@@ -584,9 +520,7 @@ impl Store for SqlStore {
             exprs.join(", "),
             w.sql()
         );
-        let rows = bind_all(sqlx::query(&sql), &w.args)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = w.bind(sqlx::query(&sql)).fetch_all(&self.pool).await?;
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
             let mut fields = Vec::new();
@@ -706,7 +640,8 @@ impl Store for SqlStore {
             w.sql(),
             w.next_placeholder()
         );
-        let rows = bind_all(sqlx::query(&sql), &w.args)
+        let rows = w
+            .bind(sqlx::query(&sql))
             .bind(limit)
             .fetch_all(&self.pool)
             .await?;
