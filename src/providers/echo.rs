@@ -331,8 +331,9 @@ fn chat_usage(prompt: u64, completion: u64) -> Value {
     })
 }
 
-fn chat(model: &str, body: &Value) -> Answered {
-    let body = object(body)?;
+/// OpenAI-style `messages` (also Cohere v2's): the prompt tokens, counted
+/// like OpenAI (3 per message plus 3), and the last user message's text.
+fn chat_messages(body: &serde_json::Map<String, Value>) -> Result<(u64, Option<String>), String> {
     let messages = body
         .get("messages")
         .and_then(Value::as_array)
@@ -351,6 +352,12 @@ fn chat(model: &str, body: &Value) -> Answered {
             last_user = Some(text);
         }
     }
+    Ok((prompt_tokens, last_user))
+}
+
+fn chat(model: &str, body: &Value) -> Answered {
+    let body = object(body)?;
+    let (prompt_tokens, last_user) = chat_messages(body)?;
     let limit = token_limit(body, &["max_completion_tokens", "max_tokens"])?;
     let reply = Reply::new(last_user, limit);
     let finish = if reply.cut { "length" } else { "stop" };
@@ -968,24 +975,7 @@ fn cohere_usage(prompt: u64, completion: u64) -> Value {
 /// content), prompt tokens counted the same way.
 fn cohere_chat_v2(body: &Value) -> Answered {
     let body = object(body)?;
-    let messages = body
-        .get("messages")
-        .and_then(Value::as_array)
-        .filter(|m| !m.is_empty())
-        .ok_or_else(|| "'messages' must be a non-empty array.".to_string())?;
-    let mut prompt_tokens = 3u64;
-    let mut last_user = None;
-    for message in messages {
-        let role = message
-            .get("role")
-            .and_then(Value::as_str)
-            .ok_or_else(|| "Each message must have a string 'role'.".to_string())?;
-        let text = content_text(message.get("content"));
-        prompt_tokens += count(&text) + 3;
-        if role == "user" {
-            last_user = Some(text);
-        }
-    }
+    let (prompt_tokens, last_user) = chat_messages(body)?;
     let limit = token_limit(body, &["max_tokens"])?;
     let reply = Reply::new(last_user, limit);
     let finish = cohere_finish(&reply);
