@@ -576,11 +576,20 @@ async fn vertex_mints_and_caches_access_tokens() {
         );
         assert_eq!(row["prompt_tokens"], 2);
     }
-    // One token minted, used twice.
+    // An upstream that echoes the minted access token back: it never
+    // reaches the client.
+    let echoing = "/vertex/v1/projects/proj/locations/us-central1/publishers/google/models/mock-error-500:generateContent";
+    let resp = gw.post(echoing, &key, &body).await;
+    assert_eq!(resp.status(), 502);
+    let text = resp.text().await.unwrap();
+    assert!(!text.contains("ya29.mock-token"), "{text}");
+    assert!(text.contains("[REDACTED]"), "{text}");
+    // One token minted, used three times.
     let minted = mock_requests(&mock, "/token");
     assert_eq!(minted.len(), 1);
     let calls = mock_requests(&mock, &path["/vertex".len()..]);
     assert_eq!(calls.len(), 2);
+    assert_eq!(mock_requests(&mock, &echoing["/vertex".len()..]).len(), 1);
     for c in &calls {
         let auth = header_values(c, "authorization");
         assert_eq!(auth.len(), 1);

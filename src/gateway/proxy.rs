@@ -725,7 +725,12 @@ async fn forward(
         for try_no in 0..2 {
             let (index, secret) = if let Some(v) = &provider.vertex {
                 match v.token().await {
-                    Ok(t) => (None, Some(t)),
+                    Ok(t) => {
+                        // A minted access token is a credential too: keep it
+                        // out of every answer and log line.
+                        app.registry.scrubber.add(&t);
+                        (None, Some(t))
+                    }
                     Err(e) => {
                         tracing::warn!(provider = %provider.name, error = %e, "minting a Vertex AI access token failed");
                         last = Some((

@@ -480,8 +480,14 @@ pub mod config {
     }
 }
 
-/// Replaces every real provider key in text with `[REDACTED]`.
+/// Replaces every real provider credential in text with `[REDACTED]`: the
+/// configured keys, and credentials minted at run time (Vertex access
+/// tokens), added with [`Scrubber::add`].
 pub struct Scrubber {
+    set: std::sync::RwLock<Arc<ScrubSet>>,
+}
+
+struct ScrubSet {
     matcher: Option<aho_corasick::AhoCorasick>,
     longest: usize,
     secrets: Vec<String>,
@@ -489,8 +495,8 @@ pub struct Scrubber {
 
 pub const REDACTED: &str = "[REDACTED]";
 
-impl Scrubber {
-    pub fn new(mut secrets: Vec<String>) -> Scrubber {
+impl ScrubSet {
+    fn new(mut secrets: Vec<String>) -> ScrubSet {
         secrets.retain(|s| s.len() >= 8);
         secrets.sort();
         secrets.dedup();
@@ -503,23 +509,57 @@ impl Scrubber {
                 .build(&secrets)
                 .ok()
         };
-        Scrubber {
+        ScrubSet {
             matcher,
             longest,
             secrets,
         }
     }
+}
+
+impl Scrubber {
+    pub fn new(secrets: Vec<String>) -> Scrubber {
+        Scrubber {
+            set: std::sync::RwLock::new(Arc::new(ScrubSet::new(secrets))),
+        }
+    }
+
+    fn current(&self) -> Arc<ScrubSet> {
+        match self.set.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Scrub one more secret from now on (a no-op when already known).
+    pub fn add(&self, secret: &str) {
+        let cur = self.current();
+        if secret.len() < 8 || cur.secrets.iter().any(|s| s == secret) {
+            return;
+        }
+        let mut all = cur.secrets.clone();
+        all.push(secret.to_string());
+        // Minted tokens expire: keep the configured ones and the newest few.
+        if all.len() > 64 {
+            all.drain(0..all.len() - 64);
+        }
+        let next = Arc::new(ScrubSet::new(all));
+        if let Ok(mut g) = self.set.write() {
+            *g = next;
+        }
+    }
 
     pub fn is_active(&self) -> bool {
-        self.matcher.is_some()
+        self.current().matcher.is_some()
     }
 
     /// Scrub a complete buffer.
     pub fn scrub(&self, data: bytes::Bytes) -> bytes::Bytes {
-        match &self.matcher {
+        let set = self.current();
+        match &set.matcher {
             Some(m) if m.is_match(data.as_ref()) => {
                 let replaced =
-                    m.replace_all_bytes(&data, &vec![REDACTED.as_bytes(); self.secrets.len()]);
+                    m.replace_all_bytes(&data, &vec![REDACTED.as_bytes(); set.secrets.len()]);
                 bytes::Bytes::from(replaced)
             }
             _ => data,
@@ -528,8 +568,9 @@ impl Scrubber {
 
     /// Scrub a string.
     pub fn scrub_str(&self, s: &str) -> String {
-        match &self.matcher {
-            Some(m) => m.replace_all(s, &vec![REDACTED; self.secrets.len()]),
+        let set = self.current();
+        match &set.matcher {
+            Some(m) => m.replace_all(s, &vec![REDACTED; set.secrets.len()]),
             None => s.to_string(),
         }
     }
@@ -537,13 +578,14 @@ impl Scrubber {
     /// How many trailing bytes of `data` could be the start of a secret that
     /// continues in the next chunk (they must be held back).
     pub fn partial_tail(&self, data: &[u8]) -> usize {
-        if self.matcher.is_none() {
+        let set = self.current();
+        if set.matcher.is_none() {
             return 0;
         }
-        let max = self.longest.saturating_sub(1).min(data.len());
+        let max = set.longest.saturating_sub(1).min(data.len());
         for len in (1..=max).rev() {
             let tail = &data[data.len() - len..];
-            if self.secrets.iter().any(|s| s.as_bytes().starts_with(tail)) {
+            if set.secrets.iter().any(|s| s.as_bytes().starts_with(tail)) {
                 return len;
             }
         }
@@ -588,5 +630,13 @@ mod tests {
         assert_eq!(s.partial_tail(b"abc"), 0);
         assert_eq!(s.scrub_str("Bearer sk-secret-123456"), "Bearer [REDACTED]");
         assert!(!Scrubber::new(vec![]).is_active());
+        let s = Scrubber::new(vec![]);
+        s.add("ya29.minted-access-token");
+        assert_eq!(
+            s.scrub_str("token ya29.minted-access-token"),
+            "token [REDACTED]"
+        );
+        s.add("short");
+        assert!(s.is_active());
     }
 }
