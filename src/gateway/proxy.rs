@@ -894,11 +894,7 @@ async fn forward(
             raw = filter_model_list(raw, |m| may_use(key, &provider.name, m));
         }
         if surface::is_metered(endpoint) {
-            match serde_json::from_slice::<Value>(&raw)
-                .ok()
-                .as_ref()
-                .and_then(Usage::from_json)
-            {
+            match Usage::from_answer(&raw) {
                 Some(u) => usage = u,
                 // Answers without usage (Gemini and Hugging Face embeddings):
                 // the request's text, counted.

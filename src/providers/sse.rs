@@ -100,6 +100,37 @@ impl Usage {
         None
     }
 
+    /// Usage of a whole (non-streamed) answer, reading only the members that
+    /// can carry it: the answer's content (`choices`, `output`, `data`,
+    /// `candidates`, …) is skipped, never built into a JSON tree.
+    pub fn from_answer(raw: &[u8]) -> Option<Usage> {
+        #[derive(serde::Deserialize)]
+        struct Carrier {
+            usage: Option<Value>,
+            #[serde(rename = "usageMetadata")]
+            usage_metadata: Option<Value>,
+            meta: Option<Value>,
+            delta: Option<Value>,
+            response: Option<Value>,
+            message: Option<Value>,
+        }
+        let c: Carrier = serde_json::from_slice(raw).ok()?;
+        let mut v = serde_json::Map::new();
+        for (k, x) in [
+            ("usage", c.usage),
+            ("usageMetadata", c.usage_metadata),
+            ("meta", c.meta),
+            ("delta", c.delta),
+            ("response", c.response),
+            ("message", c.message),
+        ] {
+            if let Some(x) = x {
+                v.insert(k.to_string(), x);
+            }
+        }
+        Usage::from_json(&Value::Object(v))
+    }
+
     /// Merge a later report: streamed counts are cumulative, so keep the larger.
     pub fn merge(&mut self, other: Usage) {
         self.prompt = self.prompt.max(other.prompt);
@@ -402,6 +433,33 @@ mod tests {
             })
         );
         assert_eq!(Usage::from_json(&serde_json::json!({"usage": null})), None);
+        let answer = br#"{"id":"x","choices":[{"message":{"content":"usage: lots"}}],"usage":{"prompt_tokens":5,"completion_tokens":7}}"#;
+        assert_eq!(
+            Usage::from_answer(answer),
+            Some(Usage {
+                prompt: 5,
+                completion: 7
+            })
+        );
+        let gemini =
+            br#"{"candidates":[],"usageMetadata":{"promptTokenCount":3,"candidatesTokenCount":4}}"#;
+        assert_eq!(
+            Usage::from_answer(gemini),
+            Some(Usage {
+                prompt: 3,
+                completion: 4
+            })
+        );
+        let cohere =
+            br#"{"text":"hi","meta":{"billed_units":{"input_tokens":2,"output_tokens":1}}}"#;
+        assert_eq!(
+            Usage::from_answer(cohere),
+            Some(Usage {
+                prompt: 2,
+                completion: 1
+            })
+        );
+        assert_eq!(Usage::from_answer(b"not json"), None);
         assert_eq!(
             Usage::from_json(&serde_json::json!({"input_tokens": 11})),
             None,
