@@ -422,6 +422,7 @@ async fn serve(
                         .as_ref()
                         .is_some_and(|s| s.include_usage),
                 default_max_tokens,
+                has_stream_options: facts.stream_options.is_some(),
             };
             forward(
                 app, surface, key, parts, body, endpoint, &attempts, plan, meter,
@@ -451,6 +452,8 @@ struct Plan {
     /// The client streams chat/completions without asking for usage.
     include_usage: bool,
     default_max_tokens: Option<u64>,
+    /// The body already has `stream_options` (so it cannot simply be added).
+    has_stream_options: bool,
 }
 
 impl Plan {
@@ -467,6 +470,7 @@ impl Plan {
             default_max_tokens: self
                 .default_max_tokens
                 .map(|n| (n, max_tokens_field(kind, endpoint))),
+            has_stream_options: self.has_stream_options,
         }
     }
 }
@@ -549,6 +553,7 @@ struct Rewrite {
     include_usage: bool,
     /// The key's max tokens, applied when the request gives none.
     default_max_tokens: Option<(u64, &'static str)>,
+    has_stream_options: bool,
 }
 
 impl Rewrite {
@@ -557,6 +562,9 @@ impl Rewrite {
     }
 
     fn apply(&self, body: &Bytes) -> Result<Bytes, ApiError> {
+        if let Some(spliced) = self.splice(body) {
+            return Ok(spliced);
+        }
         let mut v: Value = serde_json::from_slice(body).map_err(|e| {
             ApiError::invalid_request(format!("request body is not valid JSON: {e}"))
         })?;
@@ -588,6 +596,40 @@ impl Rewrite {
         serde_json::to_vec(&v)
             .map(Bytes::from)
             .map_err(|e| ApiError::internal(e.to_string()))
+    }
+}
+
+impl Rewrite {
+    /// Add top-level members the body does not have by writing them after
+    /// its opening brace: no parse and re-serialization of a large prompt.
+    /// `None` when the change is not such an addition (an alias replaces
+    /// `model`, `stream_options` exists, or the field is nested).
+    fn splice(&self, body: &Bytes) -> Option<Bytes> {
+        if self.model.is_some()
+            || (self.include_usage && self.has_stream_options)
+            || body.first() != Some(&b'{')
+        {
+            return None;
+        }
+        let mut added = String::new();
+        if self.include_usage {
+            added.push_str(r#""stream_options":{"include_usage":true},"#);
+        }
+        if let Some((n, field)) = self.default_max_tokens {
+            if field.contains('.') {
+                return None;
+            }
+            added.push_str(&format!("\"{field}\":{n},"));
+        }
+        let rest = &body[1..];
+        if rest.trim_ascii_start().starts_with(b"}") {
+            added.pop();
+        }
+        let mut out = Vec::with_capacity(body.len() + added.len() + 1);
+        out.push(b'{');
+        out.extend_from_slice(added.as_bytes());
+        out.extend_from_slice(rest);
+        Some(Bytes::from(out))
     }
 }
 
@@ -1016,4 +1058,56 @@ fn models_listing(
         _ => json!({"object": "list", "data": data}),
     };
     Ok(axum::Json(body).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rw(include_usage: bool, max: Option<(u64, &'static str)>, has_so: bool) -> Rewrite {
+        Rewrite {
+            model: None,
+            include_usage,
+            default_max_tokens: max,
+            has_stream_options: has_so,
+        }
+    }
+
+    #[test]
+    fn splices_members_into_the_body_and_keeps_it_valid() {
+        let body = Bytes::from_static(br#"{"model":"gpt-4o-mini","stream":true,"messages":[]}"#);
+        let out = rw(true, Some((7, "max_completion_tokens")), false)
+            .apply(&body)
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        assert_eq!(v["max_completion_tokens"], 7);
+        assert_eq!(v["model"], "gpt-4o-mini");
+        let empty = rw(false, Some((5, "max_tokens")), false)
+            .apply(&Bytes::from_static(b"{ }"))
+            .unwrap();
+        assert_eq!(
+            serde_json::from_slice::<Value>(&empty).unwrap()["max_tokens"],
+            5
+        );
+    }
+
+    #[test]
+    fn falls_back_to_a_real_rewrite_when_splicing_cannot_work() {
+        let body =
+            Bytes::from_static(br#"{"stream_options":{"include_usage":false},"stream":true}"#);
+        assert!(rw(true, None, true).splice(&body).is_none());
+        let out = rw(true, None, true).apply(&body).unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        let nested = rw(false, Some((9, "generationConfig.maxOutputTokens")), false);
+        let out = nested
+            .apply(&Bytes::from_static(
+                br#"{"generationConfig":{"temperature":0}}"#,
+            ))
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["generationConfig"]["maxOutputTokens"], 9);
+        assert_eq!(v["generationConfig"]["temperature"], 0);
+    }
 }
