@@ -722,3 +722,22 @@ async fn models_command_lists_what_the_key_reaches_with_prices() {
     let out = gw.cli(&["models"], &[], None).await;
     assert_eq!(out.code, 2, "no key is bad usage");
 }
+
+#[tokio::test]
+async fn the_openapi_document_describes_the_admin_api() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(&mock).await;
+    let (status, doc) = gw.admin("GET", "/admin/v1/openapi.json", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(doc["openapi"], "3.1.0");
+    for path in [
+        "/keys",
+        "/keys/{id}/rotate",
+        "/usage",
+        "/audit/verify",
+        "/users",
+        "/teams/{name}",
+    ] {
+        assert!(doc["paths"].get(path).is_some(), "{path} is documented");
+    }
+}
