@@ -741,3 +741,80 @@ async fn the_openapi_document_describes_the_admin_api() {
         assert!(doc["paths"].get(path).is_some(), "{path} is documented");
     }
 }
+
+#[tokio::test]
+async fn a_child_keys_spend_counts_against_its_parents_budget() {
+    let mock = MockUpstream::start().await;
+    let gw = Gateway::start(&mock).await;
+    let (pid, parent) = gw
+        .create_key(json!({"name": "p", "budget": {"usd": 0.0001, "period": "monthly"}}))
+        .await;
+    let r = gw
+        .http
+        .post(gw.url("/bursar/v1/keys"))
+        .bearer_auth(&parent)
+        .json(&json!({"name": "job"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let child = body_json(r).await["key"].as_str().unwrap().to_string();
+    // The child spends until the budget (its own, inherited, and the
+    // parent's) is gone. A refusal can also come from a reservation still
+    // open (settlement is asynchronous): keep going until the parent's
+    // settled spend has reached its budget.
+    let parent_spent = || async {
+        let r = gw
+            .http
+            .get(gw.url("/bursar/v1/whoami"))
+            .bearer_auth(&parent)
+            .send()
+            .await
+            .unwrap();
+        let w = body_json(r).await;
+        w["limits"][0]["budget"]["spent_usd"].as_f64().unwrap()
+    };
+    let mut refused = None;
+    for _ in 0..100 {
+        let (s, _, v) = gw.chat(&child, "echo", "spend the parent's money").await;
+        match s {
+            200 => {}
+            429 if parent_spent().await >= 0.0001 => {
+                refused = Some(v);
+                break;
+            }
+            429 => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            other => panic!("{other}: {v}"),
+        }
+    }
+    assert_eq!(
+        refused.expect("the child hit a budget")["error"]["type"],
+        "budget_exceeded"
+    );
+    // The parent's budget is spent too: the child's spend counted against it.
+    let (s, _, v) = gw.chat(&parent, "echo", "anything left?").await;
+    assert_eq!(s, 429, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains(&pid),
+        "{v}"
+    );
+    // whoami of the child shows the parent's budget as a level.
+    let r = gw
+        .http
+        .get(gw.url("/bursar/v1/whoami"))
+        .bearer_auth(&child)
+        .send()
+        .await
+        .unwrap();
+    let w = body_json(r).await;
+    let scopes: Vec<&str> = w["limits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["scope"].as_str().unwrap())
+        .collect();
+    assert!(
+        scopes.contains(&format!("key:{pid}").as_str()),
+        "{scopes:?}"
+    );
+}

@@ -22,31 +22,65 @@ const SLOT_TTL_MS: i64 = 15 * 60 * 1000;
 /// Output tokens assumed for a budget reservation when the request names no maximum.
 pub const DEFAULT_MAX_OUTPUT: u64 = 4096;
 
+/// Whose usage rows make up a level's spend.
+pub enum SpendOf {
+    /// A key and all its descendants: a parent's budget covers the child
+    /// keys minted from it.
+    KeyTree(String),
+    /// A user (`user_name`) or team (`team`).
+    Column(&'static str, String),
+}
+
 /// One level's limits.
 pub struct Level {
     /// Counter namespace: `key:ID`, `user:NAME`, `team:NAME`.
     pub scope: String,
-    /// Usage column and value to load the period's spend from.
-    pub spend_column: &'static str,
-    pub spend_value: String,
+    pub spend: SpendOf,
     pub rpm: Option<u64>,
     pub tpm: Option<u64>,
     pub max_concurrency: Option<u64>,
     pub budget: Option<Budget>,
 }
 
-/// The levels that apply to a key.
+impl Level {
+    /// Settled spend of this level since `since_ms`, from the store.
+    pub async fn spent_since(&self, app: &App, since_ms: i64) -> anyhow::Result<f64> {
+        match &self.spend {
+            SpendOf::KeyTree(id) => {
+                app.store
+                    .spend_since_keys(&app.keys.subtree(id), since_ms)
+                    .await
+            }
+            SpendOf::Column(column, value) => app.store.spend_since(column, value, since_ms).await,
+        }
+    }
+}
+
+/// The levels that apply to a key: the key itself, the budgets of its
+/// ancestors (a child's spend counts against every parent's budget), its
+/// user and its team.
 pub fn levels(app: &App, key: &CachedKey) -> Vec<Level> {
     let s = &key.spec;
     let mut out = vec![Level {
         scope: format!("key:{}", key.row.id),
-        spend_column: "key_id",
-        spend_value: key.row.id.clone(),
+        spend: SpendOf::KeyTree(key.row.id.clone()),
         rpm: s.rpm,
         tpm: s.tpm,
         max_concurrency: s.max_concurrency,
         budget: s.budget.clone(),
     }];
+    for ancestor in app.keys.ancestors(key) {
+        if let Some(b) = &ancestor.spec.budget {
+            out.push(Level {
+                scope: format!("key:{}", ancestor.row.id),
+                spend: SpendOf::KeyTree(ancestor.row.id.clone()),
+                rpm: None,
+                tpm: None,
+                max_concurrency: None,
+                budget: Some(b.clone()),
+            });
+        }
+    }
     for (kind, name, column) in [
         ("user", &key.row.user, "user_name"),
         ("team", &key.row.team, "team"),
@@ -56,8 +90,7 @@ pub fn levels(app: &App, key: &CachedKey) -> Vec<Level> {
         {
             out.push(Level {
                 scope: format!("{kind}:{name}"),
-                spend_column: column,
-                spend_value: name.clone(),
+                spend: SpendOf::Column(column, name.clone()),
                 rpm: o.rpm,
                 tpm: o.tpm,
                 max_concurrency: o.max_concurrency,
@@ -188,14 +221,10 @@ impl Admission {
                 let start = period_start(&b.period, now);
                 let name = format!("budget:{}", level.scope);
                 if !counters.budget_loaded(&name, start).await {
-                    let spent = app
-                        .store
-                        .spend_since(level.spend_column, &level.spend_value, start)
-                        .await
-                        .map_err(|e| {
-                            tracing::error!(error = %e, "budget: cannot read spend");
-                            ApiError::internal("the budget could not be checked")
-                        })?;
+                    let spent = level.spent_since(app, start).await.map_err(|e| {
+                        tracing::error!(error = %e, "budget: cannot read spend");
+                        ApiError::internal("the budget could not be checked")
+                    })?;
                     counters.budget_load(&name, start, spent).await;
                 }
                 let amount = price

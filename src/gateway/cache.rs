@@ -43,6 +43,8 @@ struct Maps {
     keys: HashMap<KeyHash, Entry>,
     admins: HashMap<KeyHash, String>,
     by_id: HashMap<String, Arc<CachedKey>>,
+    /// Child key ids by parent id.
+    children: HashMap<String, Vec<String>>,
     /// Users and teams by (kind, name).
     owners: HashMap<(String, String), Arc<OwnerFields>>,
 }
@@ -88,6 +90,12 @@ impl KeyCache {
             let old_until = row.old_key_expires_at;
             let key = Arc::new(CachedKey::from_row(row));
             maps.by_id.insert(key.row.id.clone(), key.clone());
+            if let Some(p) = &key.row.parent_id {
+                maps.children
+                    .entry(p.clone())
+                    .or_default()
+                    .push(key.row.id.clone());
+            }
             if let Some(h) = current {
                 maps.keys.insert(
                     h,
@@ -161,6 +169,41 @@ impl KeyCache {
     /// A key by id.
     pub fn by_id(&self, id: &str) -> Option<Arc<CachedKey>> {
         self.snapshot().by_id.get(id).cloned()
+    }
+
+    /// A key's id and the ids of all its descendants.
+    pub fn subtree(&self, id: &str) -> Vec<String> {
+        let maps = self.snapshot();
+        let mut out = vec![id.to_string()];
+        let mut i = 0;
+        while i < out.len() && out.len() < 100_000 {
+            if let Some(kids) = maps.children.get(&out[i]) {
+                for k in kids {
+                    if !out.contains(k) {
+                        out.push(k.clone());
+                    }
+                }
+            }
+            i += 1;
+        }
+        out
+    }
+
+    /// A key's ancestors, nearest first.
+    pub fn ancestors(&self, key: &CachedKey) -> Vec<Arc<CachedKey>> {
+        let maps = self.snapshot();
+        let mut out: Vec<Arc<CachedKey>> = Vec::new();
+        let mut parent = key.row.parent_id.clone();
+        while let Some(pid) = parent {
+            match maps.by_id.get(&pid) {
+                Some(p) if out.len() < 64 && !out.iter().any(|a| a.row.id == p.row.id) => {
+                    parent = p.row.parent_id.clone();
+                    out.push(p.clone());
+                }
+                _ => break,
+            }
+        }
+        out
     }
 
     /// Whether every ancestor of a key is active and unexpired.

@@ -67,11 +67,7 @@ pub async fn whoami(
         let budget = match &level.budget {
             Some(b) => {
                 let start = period_start(&b.period, now);
-                let spent = app
-                    .store
-                    .spend_since(level.spend_column, &level.spend_value, start)
-                    .await
-                    .unwrap_or(0.0);
+                let spent = level.spent_since(&app, start).await.unwrap_or(0.0);
                 let reserved = app
                     .counters
                     .budget_peek(&format!("budget:{}", level.scope), start, b.usd)
@@ -318,7 +314,7 @@ async fn mint(app: &Arc<App>, peer: SocketAddr, req: Request) -> Result<Response
             let start = period_start(&b.period, now);
             let spent = app
                 .store
-                .spend_since("key_id", &parent.row.id, start)
+                .spend_since_keys(&app.keys.subtree(&parent.row.id), start)
                 .await
                 .map_err(|_| ApiError::internal("the parent's budget could not be read"))?;
             Some((b.usd - spent).max(0.0))

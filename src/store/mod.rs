@@ -189,6 +189,9 @@ pub trait Store: Send + Sync {
     /// Settled spend since `since_ms` of a key (`key_id`), user (`user_name`) or team (`team`).
     async fn spend_since(&self, column: &str, value: &str, since_ms: i64) -> Result<f64>;
 
+    /// Settled spend since `since_ms` of a set of keys (a key and its descendants).
+    async fn spend_since_keys(&self, key_ids: &[String], since_ms: i64) -> Result<f64>;
+
     async fn upsert_owner(&self, owner: &OwnerRow) -> Result<()>;
     async fn get_owner(&self, kind: &str, name: &str) -> Result<Option<OwnerRow>>;
     async fn list_owners(&self, kind: Option<&str>) -> Result<Vec<OwnerRow>>;

@@ -562,6 +562,24 @@ impl Store for SqlStore {
         Ok(r.try_get::<Option<f64>, _>("s")?.unwrap_or(0.0))
     }
 
+    async fn spend_since_keys(&self, key_ids: &[String], since_ms: i64) -> Result<f64> {
+        let mut total = 0.0;
+        for chunk in key_ids.chunks(500) {
+            let marks: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+            let sql = format!(
+                "SELECT SUM(cost_usd) AS s FROM usage WHERE created_at >= $1 AND key_id IN ({})",
+                marks.join(",")
+            );
+            let mut q = sqlx::query(&sql).bind(since_ms);
+            for id in chunk {
+                q = q.bind(id.as_str());
+            }
+            let r = q.fetch_one(&self.pool).await?;
+            total += r.try_get::<Option<f64>, _>("s")?.unwrap_or(0.0);
+        }
+        Ok(total)
+    }
+
     async fn upsert_owner(&self, o: &OwnerRow) -> Result<()> {
         sqlx::query(
             "INSERT INTO owners (kind, name, team, spec, created_at, updated_at) VALUES ($1,$2,$3,$4,$5,$6) \
