@@ -30,6 +30,27 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// A budget's state in the period starting at `period_start`: a new period
+/// starts with no spend and no alert; open reservations carry over.
+fn budget_in_period<'a>(
+    map: &'a mut HashMap<String, Budget>,
+    name: &str,
+    period_start: i64,
+) -> &'a mut Budget {
+    let b = map.entry(name.to_string()).or_insert(Budget {
+        period_start,
+        spent: 0.0,
+        reserved: 0.0,
+        alerted: false,
+    });
+    if b.period_start != period_start {
+        b.period_start = period_start;
+        b.spent = 0.0;
+        b.alerted = false;
+    }
+    b
+}
+
 fn refill(b: &mut Bucket, limit: u64, now_ms: i64) {
     let cap = limit as f64;
     let elapsed = (now_ms - b.last_ms).max(0) as f64;
@@ -121,21 +142,9 @@ impl Counters for LocalCounters {
 
     async fn budget_load(&self, name: &str, period_start: i64, spent_usd: f64) {
         let mut map = lock(&self.budgets);
-        let b = map.entry(name.to_string()).or_insert(Budget {
-            period_start,
-            spent: 0.0,
-            reserved: 0.0,
-            alerted: false,
-        });
-        if b.period_start != period_start {
-            // A new period: open reservations carry over, spend starts again.
-            b.period_start = period_start;
-            b.alerted = false;
-            b.spent = spent_usd;
-        } else {
-            // A load that raced with settlements must not undo them.
-            b.spent = b.spent.max(spent_usd);
-        }
+        let b = budget_in_period(&mut map, name, period_start);
+        // A load that raced with settlements must not undo them.
+        b.spent = b.spent.max(spent_usd);
     }
 
     async fn budget_reserve(
@@ -146,17 +155,7 @@ impl Counters for LocalCounters {
         amount: f64,
     ) -> BudgetState {
         let mut map = lock(&self.budgets);
-        let b = map.entry(name.to_string()).or_insert(Budget {
-            period_start,
-            spent: 0.0,
-            reserved: 0.0,
-            alerted: false,
-        });
-        if b.period_start != period_start {
-            b.period_start = period_start;
-            b.spent = 0.0;
-            b.alerted = false;
-        }
+        let b = budget_in_period(&mut map, name, period_start);
         // Admit while something remains; the overshoot is bounded by this
         // one reservation, because it is counted before the next check.
         let allowed = b.spent + b.reserved < limit_usd;
@@ -182,18 +181,8 @@ impl Counters for LocalCounters {
         threshold: f64,
     ) -> BudgetState {
         let mut map = lock(&self.budgets);
-        let b = map.entry(name.to_string()).or_insert(Budget {
-            period_start,
-            spent: 0.0,
-            reserved: 0.0,
-            alerted: false,
-        });
+        let b = budget_in_period(&mut map, name, period_start);
         b.reserved = (b.reserved - reserved).max(0.0);
-        if b.period_start != period_start {
-            b.period_start = period_start;
-            b.spent = 0.0;
-            b.alerted = false;
-        }
         b.spent += actual;
         let crossed =
             !b.alerted && threshold > 0.0 && limit_usd > 0.0 && b.spent >= threshold * limit_usd;
