@@ -162,14 +162,8 @@ impl KeyArgs {
                 .map_err(|e| CliError::Usage(format!("--ttl '{ttl}': {e}")))?;
             put("ttl_seconds", json!(d.as_secs()));
         }
-        if self.budget_usd.is_some() || self.budget_period.is_some() {
-            let usd = self
-                .budget_usd
-                .ok_or_else(|| CliError::Usage("--budget-period needs --budget-usd".into()))?;
-            put(
-                "budget",
-                json!({"usd": usd, "period": self.budget_period.clone().unwrap_or_else(|| "monthly".into())}),
-            );
+        if let Some(b) = super::budget_json(self.budget_usd, &self.budget_period)? {
+            put("budget", b);
         }
         if !self.metadata.is_empty() {
             let mut md = Map::new();

@@ -257,6 +257,16 @@ impl Client {
     }
 }
 
+/// `--budget-usd` / `--budget-period` as the API's `budget` object.
+fn budget_json(usd: Option<f64>, period: &Option<String>) -> Result<Option<Value>, CliError> {
+    if usd.is_none() && period.is_none() {
+        return Ok(None);
+    }
+    let usd = usd.ok_or_else(|| CliError::Usage("--budget-period needs --budget-usd".into()))?;
+    let period = period.clone().unwrap_or_else(|| "monthly".into());
+    Ok(Some(serde_json::json!({"usd": usd, "period": period})))
+}
+
 /// Output formats for people and scripts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {

@@ -78,11 +78,8 @@ impl OwnerArgs {
                 m.insert(k.into(), json!(v));
             }
         }
-        if self.budget_usd.is_some() || self.budget_period.is_some() {
-            let usd = self
-                .budget_usd
-                .ok_or_else(|| CliError::Usage("--budget-period needs --budget-usd".into()))?;
-            m.insert("budget".into(), json!({"usd": usd, "period": self.budget_period.clone().unwrap_or_else(|| "monthly".into())}));
+        if let Some(b) = super::budget_json(self.budget_usd, &self.budget_period)? {
+            m.insert("budget".into(), b);
         }
         if let Some(g) = &self.guardrails {
             let v: Value = serde_json::from_str(g)
